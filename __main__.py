@@ -1,0 +1,3 @@
+from diffhpo.cli import main
+
+main()

@@ -1,0 +1,15 @@
+"""The ``diffhpo`` command (Click group)."""
+
+import click
+
+
+@click.group()
+def cli():
+    """diffhpo."""
+
+
+# --- subcommand groups from other modules (metrics, assets, ...) ---
+
+
+def main():
+    cli()
