@@ -1,15 +1,204 @@
-"""The ``diffhpo`` command (Click group)."""
+"""The ``diffhpo`` command (Click group): run, report, list, and the groups of other modules."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
 
 import click
 
+from .bench.errors import DiffhpoError
+from .bench.profiles import DEFAULT_PROFILE, PROFILES
 
-@click.group()
+
+def _quiet_libraries() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("botorch").setLevel(logging.ERROR)
+
+
+def _split(value: str, what: str, valid: list[str], *, default_all: list[str] | None = None) -> list[str]:
+    """Parse 'a,b' or 'all' into names, with one clear error for bad input."""
+    items = [x.strip() for x in value.split(",")]
+    if not value.strip() or any(not x for x in items):
+        raise DiffhpoError(f"--{what} needs a comma-separated list of names, got {value!r}; valid: all, {', '.join(valid)}")
+    if items == ["all"]:
+        return list(default_all if default_all is not None else valid)
+    unknown = [x for x in items if x not in valid]
+    if unknown:
+        raise DiffhpoError(f"unknown {what} {unknown[0]!r}; valid {what}s: all, {', '.join(valid)}")
+    if len(set(items)) != len(items):
+        raise DiffhpoError(f"--{what} names {', '.join(items)}: a name appears twice")
+    return items
+
+
+def _key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DiffhpoError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffhpo")
 def cli():
-    """diffhpo."""
+    """diffhpo: benchmark hyperparameter-optimisation methods on diffusion-model tasks.
+
+    Runs a matrix of tasks x HPO methods x seeds, one Optuna study per cell, and writes
+    comparison tables and plots. Start with `diffhpo list`, then `diffhpo run`.
+    """
+
+
+@cli.command()
+@click.option("--task", "-t", "task_list", default="all", show_default=True,
+              help="Comma-separated task names, or 'all' (every task that works offline).")
+@click.option("--method", "-m", "method_list", default="all", show_default=True,
+              help="Comma-separated method names, or 'all'.")
+@click.option("--seeds", default=1, show_default=True, type=int,
+              help="Number of seeds per cell: seeds 0..N-1 (or --seed-start..).")
+@click.option("--seed-start", default=0, show_default=True, type=int, help="First seed.")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True,
+              type=click.Choice(list(PROFILES)), help="Size of every task's work (see `diffhpo list`).")
+@click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
+              help="Output folder: storage (SQLite by default), tables, plots.")
+@click.option("--storage", default=None,
+              help="Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE); "
+                   "default: sqlite:///OUT/diffhpo.sqlite3.")
+@click.option("--budget", type=float, default=None,
+              help="Budget per cell in the task's cost unit (default: the task's, per profile).")
+@click.option("--time-budget", type=float, default=None,
+              help="Also stop each cell's search after this many wall seconds (search time, summed over resumes).")
+@click.option("--option", "task_options", multiple=True, metavar="KEY=VALUE",
+              help="Task setting overriding the profile (repeatable), e.g. --option n_groups=8.")
+@click.option("--method-option", "method_options", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Method setting (repeatable), e.g. --method-option bilevel.optimizer=adam.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
+def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
+        task_options, method_options, no_progress, no_report):
+    """Run (or resume) the benchmark matrix tasks x methods x seeds.
+
+    Each cell is one Optuna study in one storage; every method of a cell gets the same
+    budget. Rerunning the same command resumes: finished cells are skipped and unfinished
+    studies continue from their stored trials. Tables and plots are written to OUT at the
+    end (see `diffhpo report`).
+    """
+    from .bench.runner import RunSpec, run_matrix
+    from .methods import METHODS
+    from .tasks import TASKS
+
+    _quiet_libraries()
+    if seeds < 1:
+        raise DiffhpoError(f"--seeds must be at least 1, got {seeds}")
+    if seed_start < 0:
+        raise DiffhpoError(f"--seed-start must be non-negative, got {seed_start}")
+    if budget is not None and not budget > 0:
+        raise DiffhpoError(f"--budget must be positive, got {budget:g}")
+    if time_budget is not None and not time_budget > 0:
+        raise DiffhpoError(f"--time-budget must be positive, got {time_budget:g}")
+    offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
+    tasks = _split(task_list, "task", TASKS.names(), default_all=offline)
+    methods = _split(method_list, "method", METHODS.names())
+    per_method: dict[str, dict[str, str]] = {}
+    for key, value in _key_values(method_options, "--method-option").items():
+        name, dot, opt = key.partition(".")
+        if not dot or not opt:
+            raise DiffhpoError(f"--method-option takes METHOD.KEY=VALUE, got {key}={value}")
+        per_method.setdefault(name, {})[opt] = value
+    spec = RunSpec(
+        tasks=tasks, methods=methods, seeds=list(range(seed_start, seed_start + seeds)), profile=profile,
+        out=out, storage=storage, budget=budget, time_budget=time_budget,
+        task_options=_key_values(task_options, "--option"), method_options=per_method,
+        progress=not no_progress,
+    )
+    click.echo(f"diffhpo run: {len(tasks)} task(s) x {len(methods)} method(s) x {seeds} seed(s), "
+               f"profile {profile}, output {out}", err=True)
+    run_matrix(spec, log=lambda line: click.echo(line, err=True))
+    if not no_report:
+        _report(out, storage)
+
+
+@cli.command()
+@click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
+              help="Folder to write the tables and plots into (and of the default storage).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/diffhpo.sqlite3).")
+@click.option("--no-plots", is_flag=True, help="Tables only.")
+def report(out, storage, no_plots):
+    """Write summary.csv, summary.md, cells.csv, trials.csv and plots/*.png from a storage."""
+    _quiet_libraries()
+    _report(out, storage, plots=not no_plots)
+
+
+def _report(out: Path, storage: str | None, plots: bool = True) -> None:
+    from .bench import storage as st
+    from .bench.report import write_report
+
+    if storage is None:
+        db = Path(out) / st.DEFAULT_DB
+        if not db.exists():
+            raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
+        storage = st.default_url(Path(out))
+    written = write_report(st.open_storage(storage), st.ensure_writable(Path(out)), plots=plots)
+    for path in written.values():
+        click.echo(f"wrote {path}", err=True)
+    md = written.get("summary_md")
+    if md is not None:
+        click.echo(md.read_text())
+
+
+@cli.command(name="list")
+def list_cmd():
+    """List tasks, methods and profiles, one line of description each."""
+    from .methods import METHODS
+    from .tasks import TASKS
+
+    click.echo("tasks:")
+    for name, cls in TASKS.items():
+        flag = "" if getattr(cls, "offline", True) else " [needs downloaded weights]"
+        click.echo(f"  {name:<16} {cls.description}{flag}")
+    click.echo("methods:")
+    for name, method in METHODS.items():
+        click.echo(f"  {name:<16} {method.description}")
+    click.echo("profiles:")
+    for name, text in PROFILES.items():
+        default = " (default)" if name == DEFAULT_PROFILE else ""
+        click.echo(f"  {name:<16} {text}{default}")
 
 
 # --- subcommand groups from other modules (metrics, assets, ...) ---
+from .bench.metrics.commands import metrics_group  # noqa: E402
+from .bench.assets_cli import assets_group  # noqa: E402
+cli.add_command(metrics_group)
+cli.add_command(assets_group)
 
 
-def main():
-    cli()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors print one line and exit with code 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except DiffhpoError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:  # click's own checks (choices, types, unknown options)
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

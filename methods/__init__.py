@@ -1,0 +1,16 @@
+"""HPO methods: one module per method, one registration line each.
+
+External packages register more through the ``diffhpo.methods`` entry-point group (see
+:mod:`diffhpo.methods.base`).
+"""
+
+from . import bilevel, botorch, grid, random, tpe
+from .base import METHODS, Method, MethodContext, register_method
+
+register_method("grid", grid.METHOD)
+register_method("random", random.METHOD)
+register_method("tpe", tpe.METHOD)
+register_method("botorch", botorch.METHOD)
+register_method("bilevel", bilevel.METHOD)
+
+__all__ = ["METHODS", "Method", "MethodContext", "register_method"]

@@ -1,0 +1,21 @@
+"""Benchmark tasks: one module (or package) per task, one registration line each.
+
+External packages register more through the ``diffhpo.tasks`` entry-point group, whose
+values are :class:`~diffhpo.tasks.base.Task` subclasses.
+"""
+
+from ..bench.registry import Registry
+from .base import Metric, OracleContext, OracleResult, Task
+from .quadratic import QuadraticTask
+
+TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS.register(cls.name, cls)
+    return cls
+
+
+register_task(QuadraticTask)
+
+__all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]

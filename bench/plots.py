@@ -1,0 +1,124 @@
+"""PNG plots: convergence against wall time, and the trials over the search space."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def write_plots(trials: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if trials.empty:
+        return paths
+    for (task, profile), tcells in cells.groupby(["task", "profile"]):
+        t = trials[(trials.task == task) & (trials.profile == profile)]
+        if t.empty:
+            continue
+        primary = tcells.primary.iloc[0]
+        paths.append(convergence(t, tcells, primary, folder / f"{task}_{profile}_convergence.png"))
+        paths.append(search_space(t, tcells, primary, folder / f"{task}_{profile}_trials.png"))
+    return paths
+
+
+def convergence(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: Path) -> Path:
+    """Best upper-level value so far against search wall time: median line over seeds and
+    a min-max band, one colour per method."""
+    maximise = _direction(cells) == "maximize"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = trials[trials.state == "COMPLETE"]
+    tmax = max(float(trials.elapsed_s.max()), 1e-6)
+    tmin = max(float(done.elapsed_s.min()) if len(done) else 1e-6, 1e-6)
+    grid = np.geomspace(tmin, tmax, 200)
+    for i, (method, g) in enumerate(done.groupby("method")):
+        curves = []
+        for _, s in g.groupby("seed"):
+            s = s.sort_values("number")
+            best = s.value.cummax() if maximise else s.value.cummin()
+            idx = np.searchsorted(s.elapsed_s.to_numpy(), grid, side="right") - 1
+            curve = np.where(idx >= 0, best.to_numpy()[np.clip(idx, 0, None)], np.nan)
+            curves.append(curve)
+        curves = np.array(curves)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-NaN columns before a seed's first trial
+            med = np.nanmedian(curves, axis=0)
+            lo, hi = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+        color = f"C{i}"
+        ax.plot(grid, med, color=color, label=method)
+        ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("search wall time (s)")
+    ax.set_ylabel(f"best {primary} so far")
+    task = cells.task.iloc[0]
+    ax.set_title(f"{task}: best {primary} so far (median over seeds, band = min-max)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: Path) -> Path:
+    """Each method's trials over the search space (first two parameters; colour = value),
+    with each seed's chosen point marked by a star. One parameter: value against it."""
+    params = [c for c in trials.columns if c.startswith("param_") and trials[c].notna().any()]
+    methods = sorted(trials.method.unique())
+    ncol = min(len(methods), 3)
+    nrow = int(np.ceil(len(methods) / ncol))
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False, sharex=True, sharey=len(params) > 1
+    )
+    done = trials[trials.state == "COMPLETE"]
+    vmin, vmax = (done.value.min(), done.value.max()) if len(done) else (0, 1)
+    for ax, method in zip(axes.flat, methods):
+        g = done[done.method == method]
+        c = cells[cells.method == method]
+        ax.set_title(method)
+        if not params:
+            continue
+        x = params[0]
+        logx = _log_axis(trials[x])
+        if len(params) == 1:
+            ax.scatter(g[x], g.value, s=14, alpha=0.8)
+            if f"final_{primary}" in c:
+                ax.scatter(c[x], c[f"final_{primary}"], marker="*", s=160, color="red", label="chosen")
+            ax.set_xlabel(x[6:])
+            ax.set_ylabel(primary)
+        else:
+            y = params[1]
+            for _, walk in g[g.oracle].groupby("seed"):  # iterates of first-order methods
+                ax.plot(walk[x], walk[y], color="grey", linewidth=0.6, alpha=0.7)
+            sc = ax.scatter(g[x], g[y], c=g.value, s=14, cmap="viridis", vmin=vmin, vmax=vmax)
+            ax.scatter(c[x], c[y], marker="*", s=160, color="red", label="chosen")
+            ax.set_xlabel(x[6:])
+            ax.set_ylabel(y[6:])
+            if _log_axis(trials[y]):
+                ax.set_yscale("log")
+            fig.colorbar(sc, ax=ax, label=primary)
+        if logx:
+            ax.set_xscale("log")
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.suptitle(f"{cells.task.iloc[0]}: trials over the search space (star: chosen)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_axis(values: pd.Series) -> bool:
+    v = values.dropna().astype(float)
+    return bool(len(v) and (v > 0).all() and v.max() / v.min() > 100)
+
+
+def _direction(cells: pd.DataFrame) -> str:
+    return str(cells["direction"].iloc[0]) if "direction" in cells else "minimize"

@@ -1,0 +1,177 @@
+"""Tables from a storage: ``trials.csv``, ``cells.csv``, ``summary.csv`` and ``summary.md``.
+
+* ``trials.csv``: one row per trial of every cell (parameters, value, state, cost, wall and
+  CPU seconds, sampler seconds, peak memory, every metric, failure reason).
+* ``cells.csv``: one row per cell (task x method x seed): chosen hyperparameters, final
+  metrics, trial counts, search wall time and cost ratio.
+* ``summary.csv`` / ``summary.md``: one row per task x method over seeds: chosen
+  hyperparameters (median), final metrics (median, min, max), trials per seed (median),
+  total search wall time, cost ratio (median), peak memory (max).
+
+Cost ratio = search wall time of the cell / wall time of one lower-level solve of the
+task, the latter being the median wall time of all completed black-box trials of that task
+and profile in the storage (each is one lower-level solve), or, where no method ran
+black-box trials, the median wall time of the final-protocol evaluations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage
+
+from . import storage as st
+
+KEYS = ["task", "profile", "method", "seed"]
+
+
+def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, cells) data frames of every diffhpo cell in the storage."""
+    trial_rows, cell_rows = [], []
+    for summary in st.cell_studies(storage):
+        a = summary.user_attrs
+        key = {k: a.get(k) for k in KEYS}
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        elapsed = 0.0
+        for t in sorted(trials, key=lambda t: t.number):
+            u = t.user_attrs
+            elapsed += float(u.get("ask_s", 0.0)) + float(u.get("wall_s", 0.0))
+            row = dict(key)
+            row.update(
+                number=t.number, state=t.state.name, value=t.value,
+                oracle="hypergrad" in u, cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
+                ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
+                peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
+                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
+            )
+            row.update({f"param_{k}": v for k, v in t.params.items()})
+            row.update({k: v for k, v in u.items() if k.startswith("metric_")})
+            trial_rows.append(row)
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        row = dict(key)
+        fm = a.get("final_measure", {})
+        row.update(
+            status=a.get("status", "searching"), budget=a.get("budget"), primary=a.get("primary"),
+            direction=a.get("metric_directions", {}).get(a.get("primary"), "minimize"),
+            n_trials=len(done), n_failed=sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+            spent=sum(float(t.user_attrs.get("cost", 1.0)) for t in trials
+                      if t.state != optuna.trial.TrialState.RUNNING and t.user_attrs.get("fail_reason") != "interrupted"),
+            search_wall_s=elapsed,
+            search_cpu_s=sum(float(t.user_attrs.get("cpu_s", 0.0)) for t in trials),
+            peak_rss_mib=max([float(t.user_attrs.get("peak_rss_mib", 0.0)) for t in trials] + [fm.get("peak_rss_mib", 0.0)]),
+            peak_gpu_mib=max([float(t.user_attrs.get("peak_gpu_mib", np.nan)) for t in trials] + [fm.get("peak_gpu_mib", np.nan)]),
+            final_wall_s=fm.get("wall_s", np.nan),
+        )
+        row.update({f"param_{k}": v for k, v in a.get("final_params", {}).items()})
+        row.update({f"final_{k}": v for k, v in a.get("final_metrics", {}).items()})
+        cell_rows.append(row)
+    trials_df = pd.DataFrame(trial_rows)
+    cells_df = pd.DataFrame(cell_rows)
+    if not cells_df.empty:
+        cells_df["solve_wall_s"] = _reference_solve_seconds(trials_df, cells_df)
+        cells_df["cost_ratio"] = cells_df["search_wall_s"] / cells_df["solve_wall_s"]
+        cells_df = cells_df.sort_values(KEYS).reset_index(drop=True)
+    return trials_df, cells_df
+
+
+def _reference_solve_seconds(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
+    ref = {}
+    for (task, profile), group in cells.groupby(["task", "profile"]):
+        sel = pd.Series(False, index=trials.index)
+        if not trials.empty:
+            sel = (trials.task == task) & (trials.profile == profile) & (trials.state == "COMPLETE") & ~trials.oracle
+        ref[(task, profile)] = trials.loc[sel, "wall_s"].median() if sel.any() else group["final_wall_s"].median()
+    return cells.apply(lambda r: ref[(r.task, r.profile)], axis=1)
+
+
+def summarise(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per task x profile x method, over seeds."""
+    rows = []
+    for (task, profile, method), g in cells.groupby(["task", "profile", "method"], sort=True):
+        row = {"task": task, "profile": profile, "method": method, "n_seeds": len(g),
+               "n_done": int((g.status == "done").sum())}
+        for col in [c for c in g.columns if c.startswith("param_")]:
+            if g[col].notna().any():
+                row[col.replace("param_", "chosen_")] = g[col].median()
+        for col in [c for c in g.columns if c.startswith("final_") and c != "final_wall_s"]:
+            if g[col].notna().any():
+                m = col.replace("final_", "")
+                row[f"{m}_median"] = g[col].median()
+                row[f"{m}_min"] = g[col].min()
+                row[f"{m}_max"] = g[col].max()
+        row.update(
+            trials_per_seed=g.n_trials.median(),
+            failed_trials=int(g.n_failed.sum()),
+            search_wall_s_total=g.search_wall_s.sum(),
+            cost_ratio_median=g.cost_ratio.median(),
+            peak_rss_mib=g.peak_rss_mib.max(),
+            peak_gpu_mib=g.peak_gpu_mib.max(),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """Readable summary: per task, metrics as 'median [min, max]' over seeds."""
+    out = ["# diffhpo summary", ""]
+    for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
+        primary = cells[(cells.task == task)].primary.dropna()
+        out.append(f"## {task} ({profile} profile)")
+        if len(primary):
+            out.append(f"Upper-level objective: `{primary.iloc[0]}`. Metrics are final-protocol values, "
+                       "median [min, max] over seeds.")
+        out.append("")
+        table = pd.DataFrame({"method": g.method, "seeds": g.n_seeds})
+        metrics = [c[:-7] for c in g.columns if c.endswith("_median") and not c.startswith("cost_ratio")]
+        for m in metrics:
+            if g[f"{m}_median"].notna().any():
+                table[m] = [_fmt_range(a, b, c) for a, b, c in zip(g[f"{m}_median"], g[f"{m}_min"], g[f"{m}_max"])]
+        table["trials/seed"] = g.trials_per_seed.map(lambda x: f"{x:g}")
+        table["search wall s (total)"] = g.search_wall_s_total.map(lambda x: f"{x:.2f}")
+        table["cost ratio"] = g.cost_ratio_median.map(lambda x: f"{x:.3g}")
+        table["peak RSS MiB"] = g.peak_rss_mib.map(lambda x: f"{x:.0f}")
+        if g.peak_gpu_mib.notna().any():
+            table["peak GPU MiB"] = g.peak_gpu_mib.map(lambda x: "" if pd.isna(x) else f"{x:.0f}")
+        chosen = [c for c in g.columns if c.startswith("chosen_")]
+        if chosen:
+            table["chosen (median)"] = [
+                ", ".join(f"{c[7:]}={row[c]:.3g}" for c in chosen if pd.notna(row[c])) for _, row in g.iterrows()
+            ]
+        out.append(table.to_markdown(index=False))
+        out.append("")
+    return "\n".join(out)
+
+
+def _fmt_range(med: float, lo: float, hi: float) -> str:
+    if pd.isna(med):
+        return ""
+    if lo == hi:
+        return f"{med:.4g}"
+    return f"{med:.4g} [{lo:.4g}, {hi:.4g}]"
+
+
+def write_report(storage: BaseStorage, out: Path, *, plots: bool = True) -> dict[str, Path]:
+    """Write the tables (and plots) for every cell in the storage into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trials, cells = collect(storage)
+    written = {}
+    trials.to_csv(out / "trials.csv", index=False)
+    cells.to_csv(out / "cells.csv", index=False)
+    written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
+    if cells.empty:
+        return written
+    summary = summarise(cells)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown(summary, cells))
+    written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
+    if plots:
+        from .plots import write_plots
+
+        for path in write_plots(trials, cells, out / "plots"):
+            written[path.stem] = path
+    return written

@@ -1,0 +1,81 @@
+"""Optuna storage: opening URLs, naming cells, reading back what was stored.
+
+Each cell (task x method x seed, under one profile) is one Optuna study named
+``{task}.{method}.{profile}.seed{seed}``. Study user attributes hold what the reports
+need (task, method, seed, profile, budget, metric directions, and once the search is
+over the chosen hyperparameters and the final-protocol metrics).
+
+Storage URLs: any Optuna RDB URL (``sqlite:///path``, ``postgresql://...``,
+``mysql://...``), or ``journal:///path/to/file.log`` for Optuna's JournalStorage with a
+file backend. The default is ``sqlite:///<out>/diffhpo.sqlite3``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage
+
+from .errors import DiffhpoError
+
+CELL_MARK = "diffhpo_cell"
+DEFAULT_DB = "diffhpo.sqlite3"
+
+
+def default_url(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / DEFAULT_DB).resolve()}"
+
+
+def study_name(task: str, method: str, profile: str, seed: int) -> str:
+    return f"{task}.{method}.{profile}.seed{seed}"
+
+
+def ensure_writable(out: Path) -> Path:
+    """Create the output folder and prove it is writable (one clear error otherwise)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".diffhpo-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DiffhpoError(f"output folder {str(out)!r} is not writable: {exc.strerror or exc}") from None
+    return out
+
+
+def open_storage(url: str) -> BaseStorage:
+    """Open an Optuna storage, turning connection problems into one clear error."""
+    try:
+        if url.startswith("journal://"):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = url[len("journal://"):]
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(path))
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///"):])
+            if not path.parent.exists() or not os.access(path.parent, os.W_OK):
+                raise DiffhpoError(f"storage {url!r}: folder {str(path.parent)!r} is missing or not writable")
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except DiffhpoError:
+        raise
+    except Exception as exc:  # sqlalchemy / driver errors vary by backend
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DiffhpoError(
+            f"cannot open storage {url!r}: {reason} (valid: sqlite:///FILE, postgresql://..., "
+            "mysql://..., journal:///FILE)"
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Wait for a lock instead of failing at once when a reader (report) is active.
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def cell_studies(storage: BaseStorage) -> list[optuna.study.StudySummary]:
+    """Every diffhpo cell study in the storage, as frozen studies."""
+    return [s for s in storage.get_all_studies() if s.user_attrs.get(CELL_MARK)]

@@ -1,0 +1,78 @@
+"""The Method interface and the method registry.
+
+A method is one module that builds an Optuna sampler for a cell (task x seed); the
+runner drives the study with it. Register a built-in method with one line in
+``methods/__init__.py``; an external package adds an entry to the ``diffhpo.methods``
+entry-point group whose value is a :class:`Method`::
+
+    # my_package/my_method.py
+    import optuna
+    from diffhpo.methods.base import Method
+
+    def make_sampler(ctx):
+        return optuna.samplers.QMCSampler(seed=ctx.seed)
+
+    METHOD = Method("quasi-random search (Sobol)", make_sampler)
+
+    # pyproject.toml of my_package
+    [project.entry-points."diffhpo.methods"]
+    sobol = "my_package.my_method:METHOD"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution
+
+from ..bench.registry import Registry
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method's factory gets to build its sampler for one cell."""
+
+    task: "Task"
+    search_space: Mapping[str, BaseDistribution]
+    grid: Mapping[str, list]
+    seed: int
+    budget: float
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An HPO method.
+
+    ``make_sampler(ctx)`` returns the Optuna sampler. ``uses_oracle`` asks the runner to
+    call the task's first-order oracle instead of the black-box evaluation when the task
+    has one (the sampler must then provide ``oracle_context(study, trial)``).
+    ``choose(study)`` returns the hyperparameters the method outputs after its search
+    (default: the best completed trial). ``options`` names the keyword options the
+    factory accepts through ``MethodContext.options`` (``--method-option NAME.KEY=VALUE``).
+    ``max_trials(ctx)``, if given, ends the search early (grid search: the grid's size).
+    """
+
+    description: str
+    make_sampler: Callable[[MethodContext], optuna.samplers.BaseSampler]
+    uses_oracle: bool = False
+    choose: Callable[[optuna.Study], dict[str, Any]] | None = None
+    options: tuple[str, ...] = ()
+    max_trials: Callable[[MethodContext], int] | None = None
+
+
+METHODS: Registry[Method] = Registry("method", "diffhpo.methods")
+
+
+def register_method(name: str, method: Method) -> Method:
+    return METHODS.register(name, method)
+
+
+def best_params(study: optuna.Study) -> dict[str, Any]:
+    """Parameters of the best completed trial (the default choice of a method)."""
+    return dict(study.best_trial.params)

@@ -1,0 +1,173 @@
+"""The Task interface: what every benchmark task declares and provides.
+
+A task is one bilevel hyperparameter problem. It declares
+
+* its search space (Optuna distributions) and a default grid,
+* its metrics and their directions; the first metric is the upper-level objective,
+* its budget per profile, in its own cost unit (one lower-level solve by default),
+* how to evaluate one hyperparameter setting (one full lower-level solve, then the
+  upper-level metrics): :meth:`Task.evaluate`,
+* optionally a first-order oracle for the bilevel method: :meth:`Task.oracle` returns the
+  upper-level metrics at the current iterate together with a hypergradient estimate.
+
+Settings live in a per-profile config dataclass (``Task.profiles``); ``diffhpo run
+--option key=value`` overrides its fields.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from optuna.distributions import BaseDistribution
+
+from ..bench.errors import DiffhpoError
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"metric direction must be one of {DIRECTIONS}")
+
+
+@dataclass
+class OracleContext:
+    """What the bilevel method tells the task's oracle about the current outer iteration."""
+
+    iteration: int
+    gamma: float
+    workdir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OracleResult:
+    """Upper-level metrics at the iterate and a hypergradient estimate.
+
+    ``grad`` holds d(primary metric)/d(param) in each parameter's natural scale (not in
+    log scale); the method converts. ``cost`` is in the task's cost unit.
+    """
+
+    metrics: dict[str, float]
+    grad: dict[str, float]
+    cost: float
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class Task(abc.ABC):
+    """Base class of all tasks. Subclasses set the class variables and implement the
+    abstract methods; ``profiles`` maps each profile name to a config dataclass instance,
+    which must have a ``budget`` field (cost units per cell)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    cost_unit: ClassVar[str] = "lower-level solves"
+    offline: ClassVar[bool] = True  # part of the default matrix (needs no download)
+    profiles: ClassVar[Mapping[str, Any]]
+
+    def __init__(self, profile: str = "quick", **options: Any) -> None:
+        if profile not in self.profiles:
+            raise DiffhpoError(
+                f"task {self.name!r} has no profile {profile!r}; valid profiles: "
+                f"{', '.join(self.profiles)}"
+            )
+        self.profile = profile
+        self.config = _apply_options(self.name, self.profiles[profile], options)
+
+    # -- declarations -------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def metrics(self) -> list[Metric]:
+        """All metrics; the first one is the upper-level objective."""
+
+    @property
+    def primary(self) -> Metric:
+        return self.metrics[0]
+
+    @abc.abstractmethod
+    def search_space(self) -> dict[str, BaseDistribution]:
+        """Optuna distributions of the hyperparameters."""
+
+    @abc.abstractmethod
+    def default_grid(self) -> dict[str, list]:
+        """Values per hyperparameter for grid search."""
+
+    def default_params(self) -> dict[str, Any]:
+        """The task's default hyperparameters (the geometric centre of the space unless
+        a task says otherwise); used as the baseline and as the bilevel start point."""
+        from ..methods.space import centre
+
+        return centre(self.search_space())
+
+    @property
+    def budget(self) -> float:
+        """Budget of one cell in cost units (same for every method)."""
+        return float(self.config.budget)
+
+    # -- evaluation ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        """One full lower-level solve under ``params``, then every metric.
+
+        ``final=True`` is the common final protocol (same seeds and sample counts for every
+        method). Costs one cost unit.
+        """
+
+    @property
+    def has_oracle(self) -> bool:
+        return type(self).oracle is not Task.oracle
+
+    def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        """First-order oracle for the bilevel method (optional)."""
+        raise NotImplementedError(f"task {self.name!r} has no first-order oracle")
+
+    def describe_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+
+def _apply_options(task: str, config: Any, options: Mapping[str, Any]) -> Any:
+    """Override config fields from ``--option key=value`` strings, converting types."""
+    if not options:
+        return config
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for key, raw in options.items():
+        if key not in fields:
+            raise DiffhpoError(
+                f"task {task!r} has no option {key!r}; valid options: {', '.join(fields)}"
+            )
+        current = getattr(config, key)
+        changes[key] = _coerce(task, key, raw, current)
+    return dataclasses.replace(config, **changes)
+
+
+def _coerce(task: str, key: str, raw: Any, current: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = type(current)
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float, str):
+            return kind(raw)
+        if kind in (tuple, list):
+            return kind(x.strip() for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise DiffhpoError(
+            f"task {task!r}: option {key}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+    return raw

@@ -1,0 +1,93 @@
+"""The command line: bad input gives one clear line and exit code 2; list; run; report."""
+
+import subprocess
+import sys
+
+import pytest
+
+from diffhpo.cli import main
+
+
+def call(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def call_ok(args, capsys):
+    try:
+        main(args)
+    except SystemExit as exc:  # click may exit 0 explicitly
+        assert exc.code in (0, None), capsys.readouterr().err
+    return capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--method", "nope"], "unknown method 'nope'; valid methods: all, grid, random, tpe, botorch, bilevel"),
+        (["run", "--task", "nope"], "unknown task 'nope'; valid tasks: all, quadratic"),
+        (["run", "--method", ""], "--method needs a comma-separated list"),
+        (["run", "--method", "grid,,random"], "--method needs a comma-separated list"),
+        (["run", "--method", "grid,grid"], "appears twice"),
+        (["run", "--seeds", "0"], "--seeds must be at least 1"),
+        (["run", "--seed-start", "-1"], "--seed-start must be non-negative"),
+        (["run", "--budget", "0"], "--budget must be positive"),
+        (["run", "--budget", "-3"], "--budget must be positive"),
+        (["run", "--time-budget", "0"], "--time-budget must be positive"),
+        (["run", "--option", "novalue"], "--option takes KEY=VALUE"),
+        (["run", "--task", "quadratic", "--option", "colour=red"], "has no option 'colour'; valid options"),
+        (["run", "--method", "grid", "--method-option", "grid.x=1"], "method 'grid' has no option 'x'"),
+        (["run", "--method", "bilevel", "--method-option", "bilevel.bogus=1"], "valid options: optimizer"),
+        (["run", "--profile", "huge"], "Invalid value for '--profile'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_with_exit_2(args, needle, capsys, tmp_path):
+    code, out, err = call(args + ["--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err and "Traceback" not in out
+    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
+
+
+def test_unwritable_output_folder(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = call(["run", "--task", "quadratic", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "is not writable" in err and "Traceback" not in err
+
+
+def test_unreachable_storage(capsys, tmp_path):
+    url = "postgresql://nobody:nothing@127.0.0.1:9/none"
+    code, _, err = call(["run", "--task", "quadratic", "--out", str(tmp_path), "--storage", url], capsys)
+    assert code == 2 and f"cannot open storage {url!r}" in err and "Traceback" not in err
+
+
+def test_report_without_results(capsys, tmp_path):
+    code, _, err = call(["report", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "run `diffhpo run` first" in err
+
+
+def test_list_names_every_task_method_and_profile(capsys):
+    out = call_ok(["list"], capsys).out
+    for name in ["quadratic", "grid", "random", "tpe", "botorch", "bilevel", "smoke", "quick", "paper"]:
+        assert f"  {name} " in out
+
+
+def test_run_all_methods_smoke_writes_tables_and_plots(capsys, tmp_path):
+    res = call_ok(["run", "--task", "quadratic", "--method", "all", "--profile", "smoke",
+                   "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
+    for f in ["summary.csv", "summary.md", "cells.csv", "trials.csv"]:
+        assert (tmp_path / f).exists()
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+    assert "| bilevel" in res.out and "| botorch" in res.out
+    again = call_ok(["run", "--task", "quadratic", "--method", "all", "--profile", "smoke",
+                     "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert again.err.count("done (skipped)") == 10
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "diffhpo", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "--storage" in out.stdout and "resume" in out.stdout

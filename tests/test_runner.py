@@ -1,0 +1,185 @@
+"""The runner: budgets, final protocol, resume after interruption, failed trials, reports."""
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from diffhpo.bench import storage as st
+from diffhpo.bench.report import collect, write_report
+from diffhpo.bench.runner import RunSpec, run_matrix
+from diffhpo.tasks import TASKS, Metric, Task
+
+
+def spec(tmp_path, **kw):
+    base = dict(tasks=["quadratic"], methods=["random"], seeds=[0], profile="smoke", out=tmp_path, progress=False)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def storage_of(tmp_path):
+    return st.open_storage(st.default_url(tmp_path))
+
+
+def test_equal_budget_and_final_protocol(tmp_path):
+    run_matrix(spec(tmp_path, methods=["grid", "random", "tpe", "bilevel"]), log=lambda s: None)
+    trials, cells = collect(storage_of(tmp_path))
+    assert set(cells.method) == {"grid", "random", "tpe", "bilevel"}
+    assert (cells.status == "done").all()
+    budget = 12.0
+    for method, g in trials.groupby("method"):
+        spent = g[g.state == "COMPLETE"].cost.sum()
+        assert budget <= spent < budget + 2, method  # last trial may overshoot by < its cost
+    assert (trials[trials.method == "bilevel"].cost == 2.0).all()
+    assert len(trials[trials.method == "bilevel"]) == 6
+    # every trial records its measurements and metrics
+    for col in ["wall_s", "cpu_s", "peak_rss_mib", "ask_s", "metric_val_loss", "metric_test_loss"]:
+        assert trials[col].notna().all(), col
+    assert (trials.peak_rss_mib > 10).all()
+    # final protocol: re-evaluated chosen params, same seed for every method
+    assert cells.final_rel_gap.notna().all()
+    best = trials[trials.state == "COMPLETE"].groupby("method").value.min()
+    for _, row in cells[cells.method != "bilevel"].iterrows():
+        assert row.final_val_loss == pytest.approx(best[row.method])
+
+
+def test_bilevel_reaches_true_optimum_and_beats_grid_and_random(tmp_path):
+    """Acceptance: quadratic, 5 hyperparameters, equal budget, three seeds."""
+    run_matrix(spec(tmp_path, profile="quick", methods=["grid", "random", "bilevel"], seeds=[0, 1, 2]),
+               log=lambda s: None)
+    _, cells = collect(storage_of(tmp_path))
+    bil = cells[cells.method == "bilevel"]
+    assert len(bil) == 3 and (bil.final_rel_gap < 0.01).all()
+    med = cells.groupby("method").final_val_loss.median()
+    assert med["bilevel"] < med["grid"] and med["bilevel"] < med["random"]
+
+
+def test_rerun_skips_finished_cells_and_extends_budget(tmp_path):
+    run_matrix(spec(tmp_path, budget=5), log=lambda s: None)
+    study = optuna.load_study(study_name="quadratic.random.smoke.seed0", storage=st.default_url(tmp_path))
+    first = [(t.number, t.params, t.value, t.datetime_complete) for t in study.trials]
+    lines = []
+    run_matrix(spec(tmp_path, budget=5), log=lines.append)
+    assert "skipped" in lines[0]
+    run_matrix(spec(tmp_path, budget=9), log=lambda s: None)
+    study = optuna.load_study(study_name="quadratic.random.smoke.seed0", storage=st.default_url(tmp_path))
+    after = [(t.number, t.params, t.value, t.datetime_complete) for t in study.trials]
+    assert len(after) == 9 and after[:5] == first
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 9  # nothing re-proposed
+
+
+class _Interrupting(Task):
+    """Quadratic stand-in that raises KeyboardInterrupt on one chosen call."""
+
+    name = "interrupting"
+    description = "test task"
+    profiles = {"smoke": type("C", (), {"budget": 8})()}
+    calls = 0
+    interrupt_at = None
+
+    def __init__(self, profile="smoke", **options):
+        self.profile, self.config = profile, self.profiles[profile]
+
+    def describe_config(self):
+        return {"budget": 8}
+
+    @property
+    def metrics(self):
+        return [Metric("loss", "minimize")]
+
+    def search_space(self):
+        return {"x": FloatDistribution(-1, 1)}
+
+    def default_grid(self):
+        return {"x": [-1, 0, 1]}
+
+    def evaluate(self, params, seed, *, final=False):
+        type(self).calls += 1
+        if type(self).calls == type(self).interrupt_at:
+            raise KeyboardInterrupt
+        return {"loss": params["x"] ** 2}
+
+
+@pytest.fixture
+def interrupting():
+    TASKS.register("interrupting", _Interrupting)
+    _Interrupting.calls = 0
+    yield _Interrupting
+    TASKS.unregister("interrupting")
+
+
+def test_interrupted_run_resumes_without_loss_or_recomputation(tmp_path, interrupting):
+    interrupting.interrupt_at = 5
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(spec(tmp_path, tasks=["interrupting"], methods=["random", "tpe"]), log=lambda s: None)
+    url = st.default_url(tmp_path)
+    study = optuna.load_study(study_name="interrupting.random.smoke.seed0", storage=url)
+    before = {t.number: (t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(before) == 4
+    # a hard kill leaves a RUNNING trial behind: simulate one in the second cell
+    other = optuna.create_study(study_name="interrupting.tpe.smoke.seed0", storage=url)
+    other.ask({"x": FloatDistribution(-1, 1)})
+
+    interrupting.interrupt_at = None
+    interrupting.calls = 0
+    run_matrix(spec(tmp_path, tasks=["interrupting"], methods=["random", "tpe"]), log=lambda s: None)
+    study = optuna.load_study(study_name="interrupting.random.smoke.seed0", storage=url)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8
+    assert {t.number: (t.params, t.value) for t in complete if t.number in before} == before
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"]
+    # only the missing trials were computed (4 + final protocol), per cell
+    tpe = optuna.load_study(study_name="interrupting.tpe.smoke.seed0", storage=url)
+    assert sum(t.state == TrialState.COMPLETE for t in tpe.trials) == 8
+    assert tpe.trials[0].state == TrialState.FAIL and tpe.trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert interrupting.calls == 4 + 1 + 8 + 1
+
+
+class _Flaky(_Interrupting):
+    name = "flaky"
+
+    def evaluate(self, params, seed, *, final=False):
+        type(self).calls += 1
+        if final:
+            return {"loss": params["x"] ** 2}
+        if type(self).calls == 2:
+            raise ValueError("solver diverged")
+        if type(self).calls == 3:
+            return {"loss": math.nan}
+        return {"loss": params["x"] ** 2}
+
+
+def test_failed_and_nan_trials_are_recorded_and_the_matrix_goes_on(tmp_path):
+    TASKS.register("flaky", _Flaky)
+    _Flaky.calls = 0
+    try:
+        run_matrix(spec(tmp_path, tasks=["flaky", "quadratic"], methods=["random"]), log=lambda s: None)
+    finally:
+        TASKS.unregister("flaky")
+    trials, cells = collect(storage_of(tmp_path))
+    assert set(cells.task) == {"flaky", "quadratic"} and (cells.status == "done").all()
+    failed = trials[(trials.task == "flaky") & (trials.state == "FAIL")]
+    assert list(failed.fail_reason) == ["ValueError: solver diverged", "loss is nan"]
+    assert len(trials[(trials.task == "flaky") & (trials.state == "COMPLETE")]) == 6
+
+
+def test_report_files_and_columns(tmp_path):
+    run_matrix(spec(tmp_path, methods=["random", "bilevel"], seeds=[0, 1]), log=lambda s: None)
+    written = write_report(storage_of(tmp_path), tmp_path)
+    for key in ["summary_csv", "summary_md", "cells", "trials"]:
+        assert written[key].exists()
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["quadratic_smoke_convergence.png", "quadratic_smoke_trials.png"]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary.method) == ["bilevel", "random"]
+    for col in ["val_loss_median", "val_loss_min", "val_loss_max", "trials_per_seed", "search_wall_s_total",
+                "cost_ratio_median", "peak_rss_mib", "chosen_alpha_0"]:
+        assert col in summary.columns and summary[col].notna().all(), col
+    assert (summary.cost_ratio_median > 0).all()
+    assert (summary.val_loss_min <= summary.val_loss_median).all()
+    assert "| method" in (tmp_path / "summary.md").read_text()
