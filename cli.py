@@ -80,10 +80,16 @@ def cli():
               help="Task setting overriding the profile (repeatable), e.g. --option n_groups=8.")
 @click.option("--method-option", "method_options", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Method setting (repeatable), e.g. --method-option bilevel.optimizer=adam.")
+@click.option("--workers", "n_workers", default=1, show_default=True, type=int,
+              help="Worker processes per cell (needs a journal:/// or server storage; SQLite is single-process).")
+@click.option("--heartbeat", type=float, default=None,
+              help="Heartbeat seconds of running trials on PostgreSQL/MySQL (default 10; stale after 3x).")
+@click.option("--create-only", is_flag=True,
+              help="Create the cells' studies and exit (then start `diffhpo worker`s on any machine).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
 def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
-        task_options, method_options, no_progress, no_report):
+        task_options, method_options, n_workers, heartbeat, create_only, no_progress, no_report):
     """Run (or resume) the benchmark matrix tasks x methods x seeds.
 
     Each cell is one Optuna study in one storage; every method of a cell gets the same
@@ -104,6 +110,10 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         raise DiffhpoError(f"--budget must be positive, got {budget:g}")
     if time_budget is not None and not time_budget > 0:
         raise DiffhpoError(f"--time-budget must be positive, got {time_budget:g}")
+    if n_workers < 1:
+        raise DiffhpoError(f"--workers must be at least 1, got {n_workers}")
+    if heartbeat is not None and not heartbeat > 0:
+        raise DiffhpoError(f"--heartbeat must be positive, got {heartbeat:g}")
     offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
     tasks = _split(task_list, "task", TASKS.names(), default_all=offline)
     methods = _split(method_list, "method", METHODS.names())
@@ -117,13 +127,39 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         tasks=tasks, methods=methods, seeds=list(range(seed_start, seed_start + seeds)), profile=profile,
         out=out, storage=storage, budget=budget, time_budget=time_budget,
         task_options=_key_values(task_options, "--option"), method_options=per_method,
-        progress=not no_progress,
+        progress=not no_progress, workers=n_workers, heartbeat=heartbeat, create_only=create_only,
     )
     click.echo(f"diffhpo run: {len(tasks)} task(s) x {len(methods)} method(s) x {seeds} seed(s), "
                f"profile {profile}, output {out}", err=True)
     run_matrix(spec, log=lambda line: click.echo(line, err=True))
-    if not no_report:
+    if not no_report and not create_only:
         _report(out, storage)
+
+
+@cli.command()
+@click.option("--storage", required=True, help="Optuna storage URL holding the cell (journal:///FILE, postgresql://...).")
+@click.option("--study", "study_name", required=True,
+              help="The cell's study name, {task}.{method}.{profile}.seed{seed} (see `diffhpo run`).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Folder for task checkpoints (default: none; single-loop tasks keep state there).")
+@click.option("--heartbeat", type=float, default=None, help="Heartbeat seconds on PostgreSQL/MySQL (default 10).")
+@click.option("--no-final", is_flag=True, help="Leave the final protocol to the process that started the run.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
+    """Join an existing cell and share its budget with every other worker.
+
+    Start any number of these, on any machines that reach the storage; the cell must exist
+    (create it with `diffhpo run --storage URL ...`, which also works on it). Trials are
+    never counted twice and the budget is never exceeded beyond the trials already running.
+    """
+    from .bench.runner import join_cell
+
+    _quiet_libraries()
+    if heartbeat is not None and not heartbeat > 0:
+        raise DiffhpoError(f"--heartbeat must be positive, got {heartbeat:g}")
+    outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
+                        workdir=workdir, heartbeat=heartbeat)
+    click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
 
 
 @cli.command()

@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 
 from . import storage as st
+from .search import counts
 
 KEYS = ["task", "profile", "method", "seed"]
 
@@ -42,7 +43,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
             elapsed += float(u.get("ask_s", 0.0)) + float(u.get("wall_s", 0.0))
             row = dict(key)
             row.update(
-                number=t.number, state=t.state.name, value=t.value,
+                number=t.number, state=t.state.name, value=t.value, worker=u.get("worker", ""),
                 oracle="hypergrad" in u, cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
@@ -57,9 +58,10 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update(
             status=a.get("status", "searching"), budget=a.get("budget"), primary=a.get("primary"),
             direction=a.get("metric_directions", {}).get(a.get("primary"), "minimize"),
-            n_trials=len(done), n_failed=sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
-            spent=sum(float(t.user_attrs.get("cost", 1.0)) for t in trials
-                      if t.state != optuna.trial.TrialState.RUNNING and t.user_attrs.get("fail_reason") != "interrupted"),
+            n_trials=len(done),
+            n_failed=sum(t.state == optuna.trial.TrialState.FAIL and counts(t) for t in trials),
+            n_interrupted=sum(t.state == optuna.trial.TrialState.FAIL and not counts(t) for t in trials),
+            spent=sum(float(t.user_attrs.get("cost", 1.0)) for t in trials if counts(t)),
             search_wall_s=elapsed,
             search_cpu_s=sum(float(t.user_attrs.get("cpu_s", 0.0)) for t in trials),
             peak_rss_mib=max([float(t.user_attrs.get("peak_rss_mib", 0.0)) for t in trials] + [fm.get("peak_rss_mib", 0.0)]),

@@ -5,7 +5,8 @@ lower-level solve by default; the task's oracle reports what an outer iteration 
 bilevel method costs in that unit), and optionally the same wall-clock budget (search
 seconds, sampler time included). A trial starts while the spent cost is below the
 budget, so the last trial may overshoot it by less than its own cost. Failed trials count
-towards the budget (they used the compute), trials cut off by an interruption do not.
+towards the budget (they used the compute); trials cut off by an interruption do not.
+See :mod:`diffhpo.bench.search` for the exact accounting with several workers.
 
 After the search, the method's chosen hyperparameters (best trial, or the method's own
 choice) are re-evaluated once under the task's final protocol with the seed
@@ -14,15 +15,20 @@ choice) are re-evaluated once under the task's final protocol with the seed
 Resume: rerunning the same command reopens every study. Finished cells are skipped,
 unfinished ones continue from their stored trials (samplers rebuild their state from the
 storage), and trials left RUNNING by a killed process are marked FAILED ("interrupted")
-and not counted, so their configuration is proposed again.
+and enqueued again.
+
+Parallel workers: ``run --workers N`` starts N ``diffhpo worker`` processes per cell
+(journal or PostgreSQL/MySQL storage; SQLite is single-process), waits for them, finishes
+whatever a crashed worker left, then runs the final protocol. ``diffhpo worker`` joins an
+existing cell from any machine (see :func:`join_cell`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-import traceback
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,18 +36,18 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from ..methods import METHODS
 from ..methods.base import Method, MethodContext
 from ..tasks import TASKS
 from ..tasks.base import Task
 from . import storage as st
+from . import workers
 from .errors import DiffhpoError
 from .measure import measure
+from .search import Cell, ledger, search, search_over
 
 FINAL_SEED_OFFSET = 1000
-INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -57,6 +63,9 @@ class RunSpec:
     task_options: dict[str, str] = field(default_factory=dict)
     method_options: dict[str, dict[str, str]] = field(default_factory=dict)
     progress: bool = True
+    workers: int = 1
+    heartbeat: float | None = None
+    create_only: bool = False
 
 
 @dataclass
@@ -68,11 +77,7 @@ class CellOutcome:
 
 
 def build_tasks(spec: RunSpec) -> dict[str, Task]:
-    tasks = {}
-    for name in spec.tasks:
-        cls = TASKS.get(name)
-        tasks[name] = cls(spec.profile, **spec.task_options)
-    return tasks
+    return {name: TASKS.get(name)(spec.profile, **spec.task_options) for name in spec.tasks}
 
 
 def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print) -> list[CellOutcome]:
@@ -80,20 +85,30 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print) -> list[Cel
     methods = {name: METHODS.get(name) for name in spec.methods}
     _check_method_options(spec, methods)
     url = spec.storage or st.default_url(st.ensure_writable(spec.out))
-    storage = st.open_storage(url)
-    tasks = build_tasks(spec)
+    if spec.workers > 1 and url.startswith("sqlite"):
+        raise DiffhpoError(
+            "--workers needs a storage several processes can share: SQLite is single-process; "
+            "use --storage journal:///FILE (one machine) or postgresql://... (several machines)"
+        )
     outcomes = []
-    for task_name, task in tasks.items():
-        for seed in spec.seeds:
-            for method_name, method in methods.items():
-                outcome = run_cell(
-                    storage, task, method_name, method, seed,
-                    budget=spec.budget, time_budget=spec.time_budget,
-                    method_options=spec.method_options.get(method_name, {}),
-                    progress=spec.progress, workdir=spec.out / "work",
-                )
-                log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
-                outcomes.append(outcome)
+    with workers.sqlite_lock(url):
+        storage = st.open_storage(url, heartbeat=spec.heartbeat)
+        tasks = build_tasks(spec)
+        for task_name, task in tasks.items():
+            for seed in spec.seeds:
+                for method_name, method in methods.items():
+                    cell = prepare_cell(
+                        storage, task, method_name, method, seed, budget=spec.budget,
+                        time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
+                        workdir=spec.out / "work",
+                    )
+                    if spec.create_only:
+                        log(f"{cell.study.study_name}: created in {url}")
+                        continue
+                    outcome = run_cell(cell, url=url, n_workers=spec.workers, progress=spec.progress,
+                                       exclusive=url.startswith("sqlite"), heartbeat=spec.heartbeat)
+                    log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
+                    outcomes.append(outcome)
     return outcomes
 
 
@@ -109,20 +124,18 @@ def _check_method_options(spec: RunSpec, methods: Mapping[str, Method]) -> None:
                 )
 
 
-def _coerce_method_options(opts: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in opts.items():
+def _coerce(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    for kind in (int, float):
         try:
-            out[key] = int(raw)
+            return kind(raw)
         except ValueError:
-            try:
-                out[key] = float(raw)
-            except ValueError:
-                out[key] = raw
-    return out
+            pass
+    return raw
 
 
-def _cell_attrs(task: Task, method_name: str, seed: int, budget: float) -> dict[str, Any]:
+def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_budget, method_options) -> dict[str, Any]:
     return {
         st.CELL_MARK: True,
         "task": task.name,
@@ -130,6 +143,8 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float) -> dict[
         "seed": seed,
         "profile": task.profile,
         "budget": budget,
+        "time_budget": time_budget,
+        "method_options": dict(method_options),
         "cost_unit": task.cost_unit,
         "primary": task.primary.name,
         "metric_directions": {m.name: m.direction for m in task.metrics},
@@ -137,28 +152,7 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float) -> dict[
     }
 
 
-def _spent(trials: list[optuna.trial.FrozenTrial]) -> float:
-    total = 0.0
-    for t in trials:
-        if t.state == TrialState.COMPLETE or (
-            t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") != INTERRUPTED
-        ):
-            total += float(t.user_attrs.get("cost", 1.0))
-    return total
-
-
-def _elapsed(trials: list[optuna.trial.FrozenTrial]) -> float:
-    return sum(float(t.user_attrs.get("ask_s", 0.0)) + float(t.user_attrs.get("wall_s", 0.0)) for t in trials)
-
-
-def _fail_stale_running(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process of a single-process run."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-
-
-def run_cell(
+def prepare_cell(
     storage: BaseStorage,
     task: Task,
     method_name: str,
@@ -168,23 +162,19 @@ def run_cell(
     budget: float | None = None,
     time_budget: float | None = None,
     method_options: Mapping[str, str] | None = None,
-    progress: bool = True,
     workdir: Path | None = None,
-) -> CellOutcome:
-    """Search, then re-evaluate the chosen hyperparameters under the final protocol."""
+) -> Cell:
+    """Create (or reopen) the cell's study with its description, and its sampler."""
     budget = float(budget if budget is not None else task.budget)
+    options = {k: _coerce(v) for k, v in (method_options or {}).items()}
     name = st.study_name(task.name, method_name, task.profile, seed)
     space = task.search_space()
-    ctx = MethodContext(
-        task=task, search_space=space, grid=task.default_grid(), seed=seed, budget=budget,
-        options=_coerce_method_options(method_options or {}),
-    )
+    ctx = MethodContext(task=task, search_space=space, grid=task.default_grid(), seed=seed, budget=budget,
+                        options=options)
     sampler = method.make_sampler(ctx)
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction=task.primary.direction,
-        sampler=sampler, load_if_exists=True,
-    )
-    attrs = _cell_attrs(task, method_name, seed, budget)
+    study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
+                                sampler=sampler, load_if_exists=True)
+    attrs = _cell_attrs(task, method_name, seed, budget, time_budget, options)
     old = study.user_attrs
     if old.get(st.CELL_MARK) and old.get("config") != attrs["config"]:
         raise DiffhpoError(
@@ -194,108 +184,78 @@ def run_cell(
     for key, value in attrs.items():
         if old.get(key) != value:
             study.set_user_attr(key, value)
-    _fail_stale_running(study)
+    return Cell(study=study, task=task, method_name=method_name, method=method, ctx=ctx, sampler=sampler,
+                seed=seed, budget=budget, time_budget=time_budget, workdir=workdir)
 
-    trials = study.get_trials(deepcopy=False)
-    spent, elapsed = _spent(trials), _elapsed(trials)
-    max_trials = method.max_trials(ctx) if method.max_trials is not None else None
-    counted = lambda ts: sum(1 for t in ts if t.state == TrialState.COMPLETE or (
-        t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") != INTERRUPTED))
 
-    def search_over() -> bool:
-        return (
-            spent >= budget
-            or (time_budget is not None and elapsed >= time_budget)
-            or (max_trials is not None and counted(study.get_trials(deepcopy=False)) >= max_trials)
-        )
+def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True, exclusive: bool = True,
+             heartbeat: float | None = None) -> CellOutcome:
+    """Search (in this process or in ``n_workers`` worker processes), then the final protocol."""
+    study = cell.study
+    led = ledger(study.get_trials(deepcopy=False))
+    if study.user_attrs.get("status") == "done" and search_over(cell, led):
+        return CellOutcome(study.study_name, "done (skipped)", led.spent, len(study.trials))
+    if n_workers > 1:
+        _spawn_workers(url, study.study_name, n_workers, cell.workdir, heartbeat)
+    led = search(cell, exclusive=exclusive, progress=progress)  # finishes what crashed workers left
+    return finish_cell(cell, led)
 
-    if study.user_attrs.get("status") == "done" and search_over():
-        return CellOutcome(name, "done (skipped)", spent, len(trials))
 
-    use_oracle = method.uses_oracle and task.has_oracle
-    bar = tqdm(
-        total=budget, initial=min(spent, budget), desc=f"{task.name}/{method_name}/s{seed}",
-        unit="cost", disable=None if progress else True, leave=False, dynamic_ncols=True,
-        bar_format="{l_bar}{bar}| {n:g}/{total:g} [{elapsed}<{remaining}{postfix}]",
-    )
-    try:
-        while not search_over():
-            cost, dt = _run_trial(study, task, sampler, space, seed, use_oracle, workdir)
-            spent += cost
-            elapsed += dt
-            bar.update(cost)
-            _postfix(bar, study)
-    finally:
-        bar.close()
-
+def finish_cell(cell: Cell, led) -> CellOutcome:
+    study = cell.study
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         study.set_user_attr("status", "failed: no trial completed")
-        return CellOutcome(name, "failed: no trial completed", spent, len(study.trials))
-    _final_protocol(study, task, method, seed)
-    return CellOutcome(name, "done", spent, len(study.trials))
+        return CellOutcome(study.study_name, "failed: no trial completed", led.spent, len(study.trials))
+    _final_protocol(cell)
+    return CellOutcome(study.study_name, "done", led.spent, len(study.trials))
 
 
-def _postfix(bar: tqdm, study: optuna.Study) -> None:
+def _spawn_workers(url: str, study_name: str, n: int, workdir: Path | None, heartbeat: float | None) -> None:
+    cmd = [sys.executable, "-m", "diffhpo", "worker", "--storage", url, "--study", study_name,
+           "--no-final", "--no-progress"]
+    if workdir is not None:
+        cmd += ["--workdir", str(workdir)]
+    if heartbeat is not None:
+        cmd += ["--heartbeat", str(heartbeat)]
+    procs = [subprocess.Popen(cmd, env=dict(os.environ)) for _ in range(n)]
     try:
-        bar.set_postfix_str(f"best={study.best_value:.4g}", refresh=False)
-    except ValueError:
-        pass
-
-
-def _run_trial(
-    study: optuna.Study, task: Task, sampler, space, seed: int, use_oracle: bool, workdir: Path | None
-) -> tuple[float, float]:
-    """Ask, evaluate (black box or oracle), record, tell. Returns (cost, seconds)."""
-    t0 = time.perf_counter()
-    trial = study.ask(fixed_distributions=space)
-    ask_s = time.perf_counter() - t0
-    trial.set_user_attr("ask_s", ask_s)
-    params = trial.params
-    cost = 1.0
-    try:
-        with measure() as m:
-            if use_oracle:
-                octx = sampler.oracle_context(study, trial)
-                if workdir is not None:
-                    octx.workdir = Path(workdir) / study.study_name
-                result = task.oracle(params, seed, octx)
-                metrics, cost = result.metrics, float(result.cost)
-                trial.set_user_attr("hypergrad", {k: float(v) for k, v in result.grad.items()})
-                trial.set_user_attr("iteration", octx.iteration)
-                trial.set_user_attr("gamma", octx.gamma)
-                for k, v in result.info.items():
-                    trial.set_user_attr(k, v)
-            else:
-                metrics = task.evaluate(params, seed)
-    except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", INTERRUPTED)
-        study.tell(trial, state=TrialState.FAIL)
+        for p in procs:
+            p.wait()
+    except BaseException:
+        for p in procs:
+            p.terminate()
         raise
-    except Exception as exc:
-        for k, v in m.as_attrs().items():
-            trial.set_user_attr(k, v)
-        trial.set_user_attr("cost", cost)
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-        trial.set_user_attr("traceback", traceback.format_exc()[-2000:])
-        study.tell(trial, state=TrialState.FAIL)
-        return cost, ask_s + m.wall_s
-    for k, v in m.as_attrs().items():
-        trial.set_user_attr(k, v)
-    trial.set_user_attr("cost", cost)
-    for k, v in metrics.items():
-        trial.set_user_attr(f"metric_{k}", float(v))
-    value = float(metrics.get(task.primary.name, float("nan")))
-    if not math.isfinite(value):
-        trial.set_user_attr("fail_reason", f"{task.primary.name} is {value}")
-        study.tell(trial, state=TrialState.FAIL)
-    else:
-        study.tell(trial, value)
-    return cost, ask_s + m.wall_s
 
 
-def _final_protocol(study: optuna.Study, task: Task, method: Method, seed: int) -> None:
-    choose = method.choose
-    params = choose(study) if choose is not None else dict(study.best_trial.params)
+def join_cell(url: str, study_name: str, *, final: bool = True, progress: bool = True,
+              workdir: Path | None = None, heartbeat: float | None = None) -> CellOutcome:
+    """`diffhpo worker`: join an existing cell, rebuilding task and method from the study."""
+    storage = st.open_storage(url, heartbeat=heartbeat)
+    try:
+        summary = next(s for s in storage.get_all_studies() if s.study_name == study_name)
+    except StopIteration:
+        names = [s.study_name for s in st.cell_studies(storage)]
+        raise DiffhpoError(
+            f"no study {study_name!r} in {url!r}; create it with `diffhpo run` first "
+            f"(studies there: {', '.join(names) or 'none'})"
+        ) from None
+    a = summary.user_attrs
+    if not a.get(st.CELL_MARK):
+        raise DiffhpoError(f"study {study_name!r} is not a diffhpo cell")
+    task = TASKS.get(a["task"])(a["profile"], **a["config"])
+    cell = prepare_cell(storage, task, a["method"], METHODS.get(a["method"]), int(a["seed"]),
+                        budget=a["budget"], time_budget=a.get("time_budget"),
+                        method_options=a.get("method_options", {}), workdir=workdir)
+    with workers.sqlite_lock(url):
+        led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+    if final and cell.study.user_attrs.get("status") != "done":
+        return finish_cell(cell, led)
+    return CellOutcome(study_name, "searched", led.spent, len(cell.study.trials))
+
+
+def _final_protocol(cell: Cell) -> None:
+    study, task, method, seed = cell.study, cell.task, cell.method, cell.seed
+    params = method.choose(study) if method.choose is not None else dict(study.best_trial.params)
     final_seed = FINAL_SEED_OFFSET + seed
     with measure() as m:
         metrics = task.evaluate(params, final_seed, final=True)

@@ -45,8 +45,18 @@ def ensure_writable(out: Path) -> Path:
     return out
 
 
-def open_storage(url: str) -> BaseStorage:
-    """Open an Optuna storage, turning connection problems into one clear error."""
+DEFAULT_HEARTBEAT_S = 10
+
+
+def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
+    """Open an Optuna storage, turning connection problems into one clear error.
+
+    Server databases (PostgreSQL, MySQL) get Optuna's heartbeats: every running trial
+    records one each ``heartbeat`` seconds (default 10); a trial silent for three intervals
+    (its worker was killed) is marked FAILED by the next worker and its configuration is
+    retried (RetryFailedTrialCallback, at most 3 times). SQLite and journal files are
+    local: there, a trial whose process is gone is detected directly (bench/workers.py).
+    """
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -58,7 +68,14 @@ def open_storage(url: str) -> BaseStorage:
             path = Path(url[len("sqlite:///"):])
             if not path.parent.exists() or not os.access(path.parent, os.W_OK):
                 raise DiffhpoError(f"storage {url!r}: folder {str(path.parent)!r} is missing or not writable")
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        kwargs: dict = {}
+        if not url.startswith("sqlite"):
+            interval = max(1, int(round(heartbeat or DEFAULT_HEARTBEAT_S)))
+            kwargs = dict(
+                heartbeat_interval=interval, grace_period=3 * interval,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+            )
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except DiffhpoError:
         raise
     except Exception as exc:  # sqlalchemy / driver errors vary by backend

@@ -191,30 +191,60 @@ class BilevelSampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
 
+    def _slot_params(self, state: _State, d: int, s: int) -> dict[str, Any]:
+        if state.mode == "oracle":
+            return self._params(state.u)
+        return self._params(state.u + s * self.zo_delta * self._directions(state.iteration)[d])
+
+    def _taken(self, study: Study, iteration: int, before: int | None = None) -> set[tuple[int, int]]:
+        """Slots of ``iteration`` held by a RUNNING or COMPLETE trial (numbered before ``before``)."""
+        out = set()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+            slot = t.system_attrs.get(SLOT_KEY)
+            if slot is not None and slot[0] == iteration and (before is None or t.number < before):
+                out.add((int(slot[1]), int(slot[2])))
+        return out
+
+    def _pending(self, state: _State) -> list[tuple[int, int]]:
+        if state.mode == "oracle":
+            return [(0, 0)]
+        return [(d, s) for d in range(self.zo_directions) for s in (1, -1)]
+
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        state, collected = self._replay(study)
-        if state.mode == "oracle":
-            slot = (state.iteration, 0, 0)
-            u = state.u
-        else:
-            running = {
-                tuple(t.system_attrs[SLOT_KEY][1:])
-                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.number != trial.number
-                and SLOT_KEY in t.system_attrs
-                and t.system_attrs[SLOT_KEY][0] == state.iteration
-            }
-            pending = [(d, s) for d in range(self.zo_directions) for s in (1, -1) if (d, s) not in collected]
-            free = [p for p in pending if p not in running]
-            d, s = (free or pending)[0]
-            slot = (state.iteration, d, s)
-            u = state.u + s * self.zo_delta * self._directions(state.iteration)[d]
-        study._storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, list(slot))
-        return self._params(u)
+        state, _ = self._replay(study)
+        taken = self._taken(study, state.iteration)
+        pending = self._pending(state)
+        d, s = next((p for p in pending if p not in taken), pending[0])
+        study._storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, [state.iteration, d, s])
+        return self._slot_params(state, d, s)
+
+    # -- several workers: outer iterations are sequential ----------------------------------
+    def ready(self, study: Study) -> bool:
+        """Whether a worker has a piece of the current iteration to evaluate: in oracle mode
+        the one iterate (nobody else evaluating it), in zeroth-order mode a free
+        perturbation of the current pairs. Other workers wait."""
+        state, _ = self._replay(study)
+        taken = self._taken(study, state.iteration)
+        return any(p not in taken for p in self._pending(state))
+
+    def admit(self, study: Study, trial: optuna.Trial) -> bool:
+        """Decline a trial whose slot an earlier trial already holds, or whose parameters
+        (a retried copy) no longer match its slot's iterate."""
+        slot = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_KEY)
+        if slot is None:
+            return False
+        k, d, s = (int(v) for v in slot)
+        if (d, s) in self._taken(study, k, before=trial.number):
+            return False
+        state, _ = self._replay(study)
+        if state.iteration != k:
+            return False
+        expected = self._slot_params(state, d, s)
+        return all(np.isclose(float(trial.params[n]), float(v), rtol=1e-9, atol=1e-12) for n, v in expected.items())
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution

@@ -29,6 +29,7 @@ systems of the same size (z and y, or w* and the adjoint v): 2 units.
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -53,6 +54,7 @@ class QuadraticConfig:
     alpha_high: float = 1e3
     data_seed: int = 0
     hypergradient: str = "penalty"  # or "exact"
+    sleep_s: float = 0.0  # simulated seconds per lower-level solve (tests, worker benchmarks)
     budget: float = 40.0
 
 
@@ -155,6 +157,7 @@ class QuadraticTask(Task):
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        time.sleep(self.config.sleep_s)
         w = self.solve(self._alpha(params))
         val = self.upper(w)
         out = {"val_loss": val, "test_loss": self.test_loss(w)}
@@ -163,6 +166,7 @@ class QuadraticTask(Task):
         return out
 
     def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        time.sleep(2 * self.config.sleep_s)
         alpha = self._alpha(params)
         w = self.solve(alpha)
         if self.config.hypergradient == "exact":

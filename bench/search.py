@@ -1,0 +1,242 @@
+"""One worker's search loop on one cell (shared by `diffhpo run` and `diffhpo worker`).
+
+Budget accounting is exact with any number of workers. A trial *counts* when it is
+COMPLETE or failed with a recorded cost (its evaluation raised or returned NaN); trials cut
+off by an interruption, and trials released unevaluated, do not. Before asking, a worker
+checks that the counted cost plus the expected cost of the trials still running is below
+the budget, and waits while it is not (a running trial may still fail). After asking, it
+admits its trial only if the trials *numbered before it* leave room: trial numbers are
+assigned atomically by the storage, so the first trials in number order fill the budget
+and a trial that lost a race is released (FAILED with reason ``released: ...``, its
+configuration enqueued again for a later run with a larger budget). A sampler may also
+decline a trial (``admit``) or ask workers to wait (``ready``): the bilevel sampler does
+both, because its outer iterations are sequential.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from ..methods.base import Method, MethodContext
+from ..tasks.base import Task
+from . import workers
+from .measure import measure
+
+POLL_S = 0.2
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Cell:
+    """Everything a worker needs to search one cell."""
+
+    study: optuna.Study
+    task: Task
+    method_name: str
+    method: Method
+    ctx: MethodContext
+    sampler: optuna.samplers.BaseSampler
+    seed: int
+    budget: float
+    time_budget: float | None = None
+    workdir: Path | None = None
+
+    @property
+    def max_trials(self) -> int | None:
+        return self.method.max_trials(self.ctx) if self.method.max_trials is not None else None
+
+    @property
+    def use_oracle(self) -> bool:
+        return self.method.uses_oracle and self.task.has_oracle
+
+
+UNCOUNTED = (INTERRUPTED, "released")
+
+
+def counts(t: FrozenTrial) -> bool:
+    """Whether a trial used its share of the budget: completed, or failed while evaluating."""
+    if t.state == TrialState.COMPLETE:
+        return True
+    reason = str(t.user_attrs.get("fail_reason", ""))
+    return t.state == TrialState.FAIL and "cost" in t.user_attrs and not reason.startswith(UNCOUNTED)
+
+
+@dataclass
+class Ledger:
+    spent: float
+    running_cost: float
+    n_counted: int
+    n_running: int
+    elapsed: float
+
+
+def ledger(trials: list[FrozenTrial], before: int | None = None) -> Ledger:
+    """Spent cost, expected cost of running trials, counts and search seconds."""
+    sel = [t for t in trials if before is None or t.number < before]
+    done = [t for t in sel if counts(t)]
+    last = max((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.number, default=None)
+    expected = float(last.user_attrs.get("cost", 1.0)) if last is not None else 1.0
+    running = [t for t in sel if t.state == TrialState.RUNNING]
+    return Ledger(
+        spent=sum(float(t.user_attrs.get("cost", 1.0)) for t in done),
+        running_cost=expected * len(running),
+        n_counted=len(done),
+        n_running=len(running),
+        elapsed=sum(float(t.user_attrs.get("ask_s", 0.0)) + float(t.user_attrs.get("wall_s", 0.0)) for t in sel),
+    )
+
+
+def search_over(cell: Cell, led: Ledger) -> bool:
+    return (
+        led.spent >= cell.budget
+        or (cell.time_budget is not None and led.elapsed >= cell.time_budget)
+        or (cell.max_trials is not None and led.n_counted >= cell.max_trials)
+    )
+
+
+def _full(cell: Cell, led: Ledger) -> bool:
+    """No room for one more trial while the running ones are counted."""
+    return (
+        led.spent + led.running_cost >= cell.budget
+        or (cell.max_trials is not None and led.n_counted + led.n_running >= cell.max_trials)
+    )
+
+
+def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
+    """Ask, admit, evaluate and tell until the cell's budget is spent and nothing runs."""
+    study = cell.study
+    workers.fail_orphans(study, exclusive=exclusive)
+    led = ledger(study.get_trials(deepcopy=False))
+    bar = tqdm(
+        total=cell.budget, initial=min(led.spent, cell.budget),
+        desc=f"{cell.task.name}/{cell.method_name}/s{cell.seed}", unit="cost",
+        disable=None if progress else True, leave=False, dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {n:g}/{total:g} [{elapsed}<{remaining}{postfix}]",
+    )
+    shown = min(led.spent, cell.budget)
+    try:
+        while True:
+            if is_heartbeat_enabled(study._storage):
+                optuna.storages.fail_stale_trials(study)
+            workers.fail_orphans(study, exclusive=False)
+            led = ledger(study.get_trials(deepcopy=False))
+            now = min(led.spent, cell.budget)
+            bar.update(now - shown)
+            shown = now
+            _postfix(bar, study)
+            if search_over(cell, led):
+                if led.n_running == 0:
+                    return led
+                time.sleep(POLL_S)
+                continue
+            ready = getattr(cell.sampler, "ready", None)
+            if _full(cell, led) or (ready is not None and not ready(study)):
+                time.sleep(POLL_S)
+                continue
+            _one_trial(cell)
+    finally:
+        bar.close()
+
+
+def _postfix(bar: tqdm, study: optuna.Study) -> None:
+    try:
+        bar.set_postfix_str(f"best={study.best_value:.4g}", refresh=False)
+    except ValueError:
+        pass
+
+
+def _admit(cell: Cell, trial: optuna.Trial) -> tuple[bool, str, bool]:
+    """(admitted, reason, enqueue a copy) for a freshly asked trial."""
+    study = cell.study
+    led = ledger(study.get_trials(deepcopy=False), before=trial.number)
+    if _full(cell, led):
+        return False, "released: budget taken by earlier trials", True
+    admit = getattr(cell.sampler, "admit", None)
+    if admit is not None and not admit(study, trial):
+        return False, "released: this step is already being evaluated by another worker", False
+    return True, "", False
+
+
+def _release(study: optuna.Study, trial: optuna.Trial, reason: str, copy: bool) -> None:
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    frozen = study._storage.get_trial(trial._trial_id)
+    study.tell(trial, state=TrialState.FAIL)
+    if copy:
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+            system_attrs={k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"},
+        ))
+
+
+def _one_trial(cell: Cell) -> None:
+    study = cell.study
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask(fixed_distributions=cell.ctx.search_space)
+    ask_s = time.perf_counter() - t0
+    try:
+        trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())
+        admitted, reason, copy = _admit(cell, trial)
+        if not admitted:
+            _release(study, trial, reason, copy)
+            time.sleep(POLL_S)
+            return
+        trial.set_user_attr("ask_s", ask_s)
+        _evaluate_and_tell(cell, trial)
+    except KeyboardInterrupt:
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.RUNNING:
+            workers.fail_and_retry(study, frozen, INTERRUPTED)
+        raise
+
+
+def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
+    study, task = cell.study, cell.task
+    params = trial.params
+    cost = 1.0
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage), measure() as m:
+            if cell.use_oracle:
+                octx = cell.sampler.oracle_context(study, trial)
+                if cell.workdir is not None:
+                    octx.workdir = Path(cell.workdir) / study.study_name
+                result = task.oracle(params, cell.seed, octx)
+                metrics, cost = result.metrics, float(result.cost)
+                extra: dict[str, Any] = {
+                    "hypergrad": {k: float(v) for k, v in result.grad.items()},
+                    "iteration": octx.iteration, "gamma": octx.gamma, **result.info,
+                }
+            else:
+                metrics, extra = task.evaluate(params, cell.seed), {}
+    except Exception as exc:
+        _record(trial, m.as_attrs(), cost, {})
+        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+        trial.set_user_attr("traceback", traceback.format_exc()[-2000:])
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    _record(trial, m.as_attrs(), cost, extra)
+    for k, v in metrics.items():
+        trial.set_user_attr(f"metric_{k}", float(v))
+    value = float(metrics.get(task.primary.name, float("nan")))
+    if not math.isfinite(value):
+        trial.set_user_attr("fail_reason", f"{task.primary.name} is {value}")
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, value)
+
+
+def _record(trial: optuna.Trial, measured: dict, cost: float, extra: dict) -> None:
+    for k, v in {**measured, **extra, "cost": cost}.items():
+        trial.set_user_attr(k, v)
