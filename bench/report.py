@@ -172,8 +172,14 @@ def write_report(storage: BaseStorage, out: Path, *, plots: bool = True) -> dict
     (out / "summary.md").write_text(markdown(summary, cells))
     written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
     if plots:
+        from ..tasks import TASKS
         from .plots import write_plots
 
         for path in write_plots(trials, cells, out / "plots"):
             written[path.stem] = path
+        for task in sorted(cells.task.unique()):
+            if task in TASKS:
+                sel = trials[trials.task == task] if not trials.empty else trials
+                for path in TASKS.get(task).write_plots(cells[cells.task == task], sel, out / "plots"):
+                    written[path.stem] = path
     return written

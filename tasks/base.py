@@ -20,11 +20,14 @@ import abc
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from optuna.distributions import BaseDistribution
 
 from ..bench.errors import DiffhpoError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -102,6 +105,19 @@ class Task(abc.ABC):
     def default_grid(self) -> dict[str, list]:
         """Values per hyperparameter for grid search."""
 
+    def search_space_for(self, variant: str) -> dict[str, BaseDistribution] | None:
+        """The space searched by a method that asks for the search-space ``variant``
+        (:attr:`Method.space <diffhpo.methods.base.Method.space>`): ``search_space()`` for
+        ``"default"``; ``None`` when the task does not support the variant (the runner then
+        skips the cell). Tasks whose baselines search other parameters override this (the
+        reward tasks: ``"none"`` searches nothing, ``"weighted-sum"`` a weight ``w``); the
+        task's :meth:`evaluate` then receives those parameters."""
+        return self.search_space() if variant == "default" else None
+
+    def default_grid_for(self, variant: str) -> dict[str, list] | None:
+        """The grid of the search-space ``variant`` (see :meth:`search_space_for`)."""
+        return self.default_grid() if variant == "default" else None
+
     def default_params(self) -> dict[str, Any]:
         """The task's default hyperparameters (the geometric centre of the space unless
         a task says otherwise); used as the baseline and as the bilevel start point."""
@@ -133,6 +149,15 @@ class Task(abc.ABC):
 
     def describe_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+    @classmethod
+    def write_plots(cls, cells: "pd.DataFrame", trials: "pd.DataFrame", folder: Path) -> list[Path]:
+        """Task-specific pictures for the report (e.g. chosen schedules, sample grids).
+
+        ``cells`` and ``trials`` are this task's rows of cells.csv and trials.csv; write PNGs
+        into ``folder`` and return their paths. The default writes nothing.
+        """
+        return []
 
 
 def _apply_options(task: str, config: Any, options: Mapping[str, Any]) -> Any:
