@@ -28,6 +28,7 @@ def call_ok(args, capsys):
     [
         (["run", "--method", "nope"], "unknown method 'nope'; valid methods: all, grid, random, tpe, botorch, bilevel"),
         (["run", "--task", "nope"], "unknown task 'nope'; valid tasks: all, quadratic"),
+        (["run", "--task", "quadratic,nope"], "unknown task 'nope'"),
         (["run", "--method", ""], "--method needs a comma-separated list"),
         (["run", "--method", "grid,,random"], "--method needs a comma-separated list"),
         (["run", "--method", "grid,grid"], "appears twice"),

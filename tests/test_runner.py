@@ -1,7 +1,6 @@
 """The runner: budgets, final protocol, resume after interruption, failed trials, reports."""
 
 import math
-from pathlib import Path
 
 import optuna
 import pandas as pd

@@ -1,0 +1,50 @@
+"""The ``diffhpo assets`` command group: build and verify the shipped networks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .assets import ASSETS, ASSETS_DIR
+
+
+@click.group(name="assets")
+def assets_group():
+    """Networks shipped in assets/ (seeded builders, checksums, training records)."""
+
+
+@assets_group.command()
+@click.argument("name", type=click.Choice(sorted(ASSETS)))
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Folder to write the weights and their .json record into (default: the shipped {ASSETS_DIR}).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, batches, augmentation.")
+def build(name, out, seed):
+    """Train asset NAME on the CPU and write NAME's weights and training record."""
+    from .assets import build_asset
+
+    record = build_asset(name, out, seed=seed, log=lambda line: click.echo(line, err=True))
+    summary = {k: v for k, v in record.items() if k != "history"}
+    click.echo(json.dumps(summary, indent=2))
+
+
+@assets_group.command()
+@click.argument("names", nargs=-1, type=click.Choice(sorted(ASSETS)))
+def verify(names):
+    """Check shipped assets (NAMES, default all) against the checksums in their training records."""
+    from .assets import verified_asset
+    from .errors import DiffhpoError
+
+    failed = []
+    specs = [ASSETS[name] for name in names or ASSETS]
+    width = max(len(spec.name) for spec in specs) + 2
+    for spec in specs:
+        try:
+            path = verified_asset(spec.filename)
+            click.echo(f"ok      {spec.name:<{width}}{path}")
+        except DiffhpoError as exc:
+            failed.append(spec.name)
+            click.echo(f"FAILED  {spec.name:<{width}}{exc}")
+    if failed:
+        raise DiffhpoError(f"asset check failed: {', '.join(failed)}")
