@@ -97,6 +97,9 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print) -> list[Cel
         for task_name, task in tasks.items():
             for seed in spec.seeds:
                 for method_name, method in methods.items():
+                    if task.search_space_for(method.space) is None:
+                        log(f"{task_name}.{method_name}: skipped (the task has no {method.space!r} search space)")
+                        continue
                     cell = prepare_cell(
                         storage, task, method_name, method, seed, budget=spec.budget,
                         time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
@@ -168,9 +171,11 @@ def prepare_cell(
     budget = float(budget if budget is not None else task.budget)
     options = {k: _coerce(v) for k, v in (method_options or {}).items()}
     name = st.study_name(task.name, method_name, task.profile, seed)
-    space = task.search_space()
-    ctx = MethodContext(task=task, search_space=space, grid=task.default_grid(), seed=seed, budget=budget,
-                        options=options)
+    space = task.search_space_for(method.space)
+    if space is None:
+        raise DiffhpoError(f"method {method_name!r} needs a {method.space!r} search space, which task {task.name!r} lacks")
+    ctx = MethodContext(task=task, search_space=space, grid=task.default_grid_for(method.space) or {}, seed=seed,
+                        budget=budget, options=options)
     sampler = method.make_sampler(ctx)
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
                                 sampler=sampler, load_if_exists=True)

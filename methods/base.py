@@ -56,6 +56,10 @@ class Method:
     (default: the best completed trial). ``options`` names the keyword options the
     factory accepts through ``MethodContext.options`` (``--method-option NAME.KEY=VALUE``).
     ``max_trials(ctx)``, if given, ends the search early (grid search: the grid's size).
+    ``space`` names the task's search-space variant the method searches
+    (:meth:`Task.search_space_for <diffhpo.tasks.base.Task.search_space_for>`): every
+    stock method searches ``"default"``; a baseline with parameters of its own (the reward
+    tasks' ``weighted-sum``, ``none``) names its variant, and a task without it is skipped.
     """
 
     description: str
@@ -64,6 +68,7 @@ class Method:
     choose: Callable[[optuna.Study], dict[str, Any]] | None = None
     options: tuple[str, ...] = ()
     max_trials: Callable[[MethodContext], int] | None = None
+    space: str = "default"
 
 
 METHODS: Registry[Method] = Registry("method", "diffhpo.methods")
