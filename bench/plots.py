@@ -69,13 +69,15 @@ def convergence(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: P
 
 def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: Path) -> Path:
     """Each method's trials over the search space (first two parameters; colour = value),
-    with each seed's chosen point marked by a star. One parameter: value against it."""
-    params = [c for c in trials.columns if c.startswith("param_") and trials[c].notna().any()]
+    with each seed's chosen point marked by a star. One parameter: value against it.
+    Methods may search different parameters (e.g. ``weighted-sum``'s w beside lambda), so
+    each panel uses the parameters its own trials set and has its own axes."""
+    all_params = [c for c in trials.columns if c.startswith("param_") and trials[c].notna().any()]
     methods = sorted(trials.method.unique())
     ncol = min(len(methods), 3)
     nrow = int(np.ceil(len(methods) / ncol))
     fig, axes = plt.subplots(
-        nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False, sharex=True, sharey=len(params) > 1
+        nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False
     )
     done = trials[trials.state == "COMPLETE"]
     vmin, vmax = (done.value.min(), done.value.max()) if len(done) else (0, 1)
@@ -83,6 +85,7 @@ def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: 
         g = done[done.method == method]
         c = cells[cells.method == method]
         ax.set_title(method)
+        params = [p for p in all_params if g[p].notna().any()]
         if not params:
             continue
         x = params[0]

@@ -7,6 +7,7 @@ values are :class:`~diffhpo.tasks.base.Task` subclasses.
 from ..bench.registry import Registry
 from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
+from .mnist_schedule import MnistScheduleTask
 
 TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
 
@@ -17,5 +18,6 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 register_task(QuadraticTask)
+register_task(MnistScheduleTask)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]

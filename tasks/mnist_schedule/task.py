@@ -1,0 +1,356 @@
+"""Task ``mnist-schedule``: noise-schedule optimisation while training an MNIST diffusion
+model (method.md, Application 2; Xiao et al. 2025, Sec. 5.2).
+
+* Hyperparameters: ``q = (q_s, q_e, q_tau, q_eps)`` of a four-parameter cosine schedule
+  (``--option schedule=sigmoid`` for the sigmoid family), see :mod:`.schedules`. Search
+  ranges: the reference BO's (cosine) or :data:`~.schedules.SIGMOID_RANGES`.
+* Lower level: epsilon-prediction denoising training of a diffusers ``UNet2DModel`` under
+  the schedule (:mod:`.training`), from the cell's initialisation seed.
+* Upper level: FID of ``N`` DDIM samples (:mod:`.sampling`) against the held-out MNIST
+  images, with the project's ``mnist-net`` feature extractor (``diffhpo.bench.metrics``);
+  KID and IS are reported beside it. FID is the primary metric (minimised).
+* :meth:`MnistScheduleTask.evaluate` (grid, random, TPE, BoTorch, default) = one full
+  training, then sampling and the metrics: **one cost unit** ("full trainings").
+  ``final=True`` uses the final protocol's sample count (``final_samples``), the same for
+  every method; search-time evaluations use ``search_samples`` (and the same initial
+  noise for every trial of a cell, so that trials differ only by their schedule).
+* :meth:`MnistScheduleTask.oracle` = one outer iteration of the single-loop bilevel
+  method (:mod:`.bilevel`): its cost is reported as a fraction of one full training.
+
+Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the issue note):
+
+``smoke``
+    a 2-level UNet of 8/16 channels, 6 training steps of 16 images, 16 samples of 3 DDIM
+    steps, budget 2: every method in seconds (tests, CI). Its FIDs are meaningless.
+``quick``
+    the embedded default for 2 CPU cores (mnist5k, 4,000 training images): see
+    :data:`QUICK` for the sizes, chosen so that ``diffhpo run --task mnist-schedule
+    --method all`` for one seed takes at most 45 minutes and FID differs between
+    schedules by much more than between seeds.
+``paper``
+    the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
+    parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
+    2,000 search and 10,000 final samples, 15 full trainings per method (the reference
+    BO's 15 calls).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from optuna.distributions import FloatDistribution
+
+from ...bench.errors import DiffhpoError
+from ...methods.seeding import derive_seed
+from ..base import Metric, OracleContext, OracleResult, Task
+from . import schedules as S
+from . import training as tr
+from .sampling import sample
+
+SAMPLE_NOISE = 21  # derive_seed purpose tag of the generation noise
+
+
+@dataclass(frozen=True)
+class MnistScheduleConfig:
+    """Settings of one profile; every field is a ``--option``."""
+
+    schedule: str = "cosine"  # family: cosine or sigmoid
+    dataset: str = "mnist5k"  # mnist5k (offline) or mnist (full, needs the files)
+    data_root: str = ""  # folder holding MNIST/raw for dataset=mnist ("" = the cache)
+    reference: str = ""  # FID reference split ("" = <dataset>:heldout)
+    # network (diffusers UNet2DModel)
+    unet_channels: tuple = (16, 32, 32)
+    unet_attention: tuple = (False, False, True)
+    unet_layers_per_block: int = 1
+    unet_norm_groups: int = 8
+    # one full training (= one cost unit)
+    epochs: float = 4.0
+    batch_size: int = 32
+    lr: float = 5e-3
+    lr_schedule: str = "cosine"  # cosine (decay to 0 over a full training) or constant
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 = no EMA; else the EMA weights are sampled
+    # sampling and metrics
+    sample_steps: int = 10  # DDIM steps, eta = 0
+    search_samples: int = 256  # images per FID during the search
+    final_samples: int = 1000  # images per FID in the final protocol
+    sample_batch: int = 250
+    threads: int = 1  # torch threads while training and sampling (0: torch's default)
+    # single-loop bilevel oracle (see bilevel.py)
+    bl_warmup: float = 0.5  # fraction of one full training's steps spent on z before q moves
+    bl_inner_steps: int = 20  # optimiser steps on y and on z per outer iteration
+    bl_zo_directions: int = 2  # Gaussian directions of the two-point estimate of grad_q FID
+    bl_zo_delta: float = 0.05  # its radius, in normalised coordinates (fraction of each range)
+    bl_zo_samples: int = 128  # images per FID of the zeroth-order estimate
+    bl_qgrad_batch: int = 256  # batch of the analytic grad_q L_SM (same batch for y and z)
+    bl_upper_batch: int = 32  # images of the differentiable DDIM chain of y's upper-level step
+    bl_upper_ratio: float = 0.1  # upper-level part of y's step / lower-level part, at iteration 0
+    budget: float = 4.0  # full trainings per cell (every method)
+
+
+SMOKE = MnistScheduleConfig(
+    unet_channels=(8, 16), unet_attention=(False, False), unet_norm_groups=4,
+    epochs=0.024, batch_size=16, warmup_steps=1, sample_steps=3, search_samples=16, final_samples=16,
+    sample_batch=16, bl_warmup=0.5, bl_inner_steps=1, bl_zo_directions=1, bl_zo_samples=8, bl_qgrad_batch=8,
+    bl_upper_batch=4, budget=2.0,
+)
+QUICK = MnistScheduleConfig()
+PAPER = MnistScheduleConfig(
+    dataset="mnist", unet_channels=(32, 64, 64), unet_attention=(False, False, True),
+    unet_layers_per_block=1, unet_norm_groups=16, epochs=100.0, batch_size=128, lr=1e-3,
+    warmup_steps=500, ema_decay=0.999, sample_steps=100, search_samples=2000, final_samples=10000,
+    sample_batch=500, bl_warmup=0.2, bl_inner_steps=200, bl_zo_directions=4, bl_zo_samples=1000,
+    bl_qgrad_batch=512, bl_upper_batch=64, threads=0, budget=15.0,
+)
+
+
+class MnistScheduleTask(Task):
+    name = "mnist-schedule"
+    description = "noise-schedule optimisation while training an MNIST diffusion model (UNet2DModel, DDIM, FID)"
+    cost_unit = "full trainings"
+    offline = True
+    profiles = {"smoke": SMOKE, "quick": QUICK, "paper": PAPER}
+
+    def __init__(self, profile: str = "quick", **options: Any) -> None:
+        super().__init__(profile, **options)
+        cfg = self.config
+        if cfg.schedule not in S.FAMILIES:
+            raise DiffhpoError(f"task {self.name!r}: schedule must be one of {', '.join(S.FAMILIES)}")
+        if cfg.lr_schedule not in ("cosine", "constant"):
+            raise DiffhpoError(f"task {self.name!r}: lr_schedule must be cosine or constant")
+        if cfg.dataset not in ("mnist5k", "mnist"):
+            raise DiffhpoError(f"task {self.name!r}: dataset must be mnist5k or mnist")
+        if int(cfg.sample_steps) < 1 or int(cfg.search_samples) < 2 or int(cfg.final_samples) < 2:
+            raise DiffhpoError(f"task {self.name!r}: sample_steps >= 1 and sample counts >= 2 are required")
+        self._data: torch.Tensor | None = None
+        self._oracle = None
+
+    # -- declarations -------------------------------------------------------------------
+    @property
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("fid", "minimize", "FID of generated vs held-out MNIST (mnist-net features)"),
+            Metric("kid_mean", "minimize", "KID (mnist-net features), mean over subsets"),
+            Metric("kid_std", "minimize", "KID, std over subsets"),
+            Metric("is_mean", "maximize", "Inception Score (mnist-net logits), mean over splits"),
+            Metric("is_std", "minimize", "Inception Score, std over splits"),
+            Metric("alphabar_T", "minimize", "alphabar at the last step (reported, not optimised)"),
+            Metric("train_loss", "minimize", "denoising loss at the end of training (mean of the last steps)"),
+        ]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return S.PARAM_NAMES
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return S.RANGES[self.config.schedule]
+
+    def search_space(self) -> dict[str, FloatDistribution]:
+        return {n: FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}
+
+    def default_params(self) -> dict[str, float]:
+        """The family's default schedule (cosine: the standard cosine schedule ``(0, 1, 1, 0.008)``)."""
+        return dict(zip(S.PARAM_NAMES, S.DEFAULTS[self.config.schedule]))
+
+    def default_grid(self) -> dict[str, list]:
+        """Three values (both ends and the middle of the range) on the two most influential
+        parameters, ``q_e`` and ``q_tau``; ``q_s`` and ``q_eps`` stay at their defaults.
+
+        Influence was measured on the quick profile by moving one parameter at a time
+        from the default to the far end of its range (see the README section of this
+        task): ``q_e`` (terminal noise level) and ``q_tau`` (decay speed) move FID by far
+        the most; ``q_s`` and ``q_eps`` less. 9 grid points.
+        """
+        d = self.default_params()
+        grid = {n: [float(d[n])] for n in S.PARAM_NAMES}
+        for n in ("q_e", "q_tau"):
+            lo, hi = self.ranges[n]
+            grid[n] = [float(lo), float((lo + hi) / 2), float(hi)]
+        return grid
+
+    # -- pieces ----------------------------------------------------------------------------
+    def q_tensor(self, params: Mapping[str, Any]) -> torch.Tensor:
+        return S.as_q({n: float(params[n]) for n in S.PARAM_NAMES})
+
+    def schedule_of(self, params_or_q) -> S.Schedule:
+        q = params_or_q if torch.is_tensor(params_or_q) else self.q_tensor(params_or_q)
+        return S.check_valid(S.schedule(self.config.schedule, q))
+
+    @property
+    def unet_spec(self) -> tr.UNetSpec:
+        c = self.config
+        return tr.UNetSpec(tuple(c.unet_channels), tuple(c.unet_attention), int(c.unet_layers_per_block),
+                           int(c.unet_norm_groups))
+
+    @property
+    def optim_spec(self) -> tr.OptimSpec:
+        """Optimiser settings of the single-loop networks: constant learning rate after warm-up."""
+        c = self.config
+        return tr.OptimSpec(lr=float(c.lr), warmup_steps=int(c.warmup_steps), grad_clip=float(c.grad_clip),
+                            ema_decay=float(c.ema_decay))
+
+    @property
+    def full_training_spec(self) -> tr.OptimSpec:
+        """Optimiser settings of one full training (``lr_schedule=cosine``: decay to 0 at its end)."""
+        decay = self.train_steps if self.config.lr_schedule == "cosine" else 0
+        return dataclasses.replace(self.optim_spec, decay_steps=decay)
+
+    @property
+    def reference(self) -> str:
+        return self.config.reference or f"{self.config.dataset}:heldout"
+
+    @property
+    def data_root(self) -> str | None:
+        return self.config.data_root or None
+
+    def train_data(self) -> torch.Tensor:
+        """Training images as float32 in [-1, 1] (loaded once)."""
+        if self._data is None:
+            from ...bench.data import load_mnist
+
+            images, _ = load_mnist(self.config.dataset, "train", self.data_root)
+            self._data = tr.to_unit_range(images)
+        return self._data
+
+    @property
+    def train_steps(self) -> int:
+        """Optimiser steps of one full training: ``epochs`` passes over the training images."""
+        from ...bench.data import dataset_size
+
+        return tr.epochs_to_steps(float(self.config.epochs), dataset_size(self.config.dataset, "train"),
+                                  int(self.config.batch_size))
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run on ``threads`` torch threads (restored afterwards). One thread is the default
+        of the CPU profiles: on a shared 2-core machine two OpenMP threads that lose
+        their core to another process wait for each other, and a training step took 10-30x
+        longer (measured); on a dedicated machine ``--option threads=2`` is faster."""
+        n = int(self.config.threads)
+        if n <= 0:
+            yield
+            return
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def new_stream(self, seed: int) -> tr.BatchStream:
+        return tr.BatchStream(self.train_data(), int(self.config.batch_size), seed, S.T_DEFAULT)
+
+    def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
+        """One full training under ``sched`` from the initialisation of ``seed``: the
+        network to sample (the EMA copy when enabled) and the mean loss of the last steps."""
+        model = tr.build_unet(self.unet_spec, seed)
+        spec = self.full_training_spec
+        ema = tr.EMA(model, spec.ema_decay) if spec.ema_decay > 0 else None
+        losses = tr.train(model, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps),
+                          ema=ema)
+        tail = losses[-max(1, len(losses) // 10):]
+        return (ema.model if ema is not None else model), float(sum(tail) / len(tail))
+
+    def generate(self, net: torch.nn.Module, sched: S.Schedule, n: int, noise_seed: int) -> torch.Tensor:
+        """``n`` uint8 images from ``net`` under ``sched`` (DDIM, the profile's steps)."""
+        from ...bench.metrics import to_uint8
+
+        images = sample(net, sched.betas, int(n), int(self.config.sample_steps), noise_seed,
+                        batch_size=int(self.config.sample_batch))
+        return to_uint8(images)
+
+    def fidelity(self, images: torch.Tensor, seed: int) -> dict[str, float]:
+        """FID, KID and IS of uint8 ``images`` against the reference (``mnist-net`` backend)."""
+        from ...bench.metrics import compute_fidelity
+
+        res = compute_fidelity(images, self.reference, data_root=self.data_root, seed=int(seed) % (2**31))
+        return res.scores()
+
+    @staticmethod
+    def noise_seed(seed: int) -> int:
+        """Generation noise of every evaluation with this seed (common to all trials of a cell)."""
+        return derive_seed(seed, SAMPLE_NOISE)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        """One full training under the schedule of ``params``, then sampling and the metrics."""
+        with self._threads():
+            sched = self.schedule_of(params)
+            net, loss = self.train_full(sched, seed)
+            n = self.config.final_samples if final else self.config.search_samples
+            images = self.generate(net, sched, n, self.noise_seed(seed))
+            out = self.fidelity(images, seed)
+        out.update(alphabar_T=sched.alphabar_T, train_loss=loss)
+        if final:
+            save_final_samples(self, params, seed, images[:64])
+        return out
+
+    def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        """One outer iteration of the single-loop bilevel method (see :mod:`.bilevel`)."""
+        from .bilevel import SingleLoop
+
+        if self._oracle is None:
+            self._oracle = SingleLoop(self)
+        with self._threads():
+            return self._oracle.iterate(params, seed, context)
+
+    # -- pictures ------------------------------------------------------------------------
+    @classmethod
+    def write_plots(cls, cells, trials, folder: Path) -> list[Path]:
+        """The report's task hook: alphabar_t of every method's chosen schedule on one
+        figure and a grid of 64 final-protocol samples per cell (see :mod:`.plots`)."""
+        from .plots import write_task_plots
+
+        return write_task_plots(cells, Path(folder))
+
+    # -- final samples -------------------------------------------------------------------------
+    def sample_key(self, params: Mapping[str, Any], seed: int) -> str:
+        """File stem of a final-protocol evaluation's samples: profile, parameters, seed,
+        then a hash of the task settings (budget aside)."""
+        p = json.dumps({n: float(params[n]).hex() for n in S.PARAM_NAMES}, sort_keys=True)
+        cfg = json.dumps({k: v for k, v in dataclasses.asdict(self.config).items() if k != "budget"},
+                         sort_keys=True, default=str)
+        return (f"{self.profile}-{hashlib.sha256(p.encode()).hexdigest()[:16]}-s{int(seed)}-"
+                f"{hashlib.sha256(cfg.encode()).hexdigest()[:12]}")
+
+
+def samples_dir() -> Path:
+    from ...bench.cache import cache_dir
+
+    return cache_dir("mnist-schedule", "final-samples")
+
+
+def save_final_samples(task: MnistScheduleTask, params: Mapping[str, Any], seed: int, images: torch.Tensor) -> Path:
+    """Keep the first 64 final-protocol samples (uint8) with the task settings, for the
+    sample grids of the report (under ``<cache>/mnist-schedule/final-samples``)."""
+    import os
+
+    path = samples_dir() / f"{task.sample_key(params, seed)}.pt"
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    record = {"images": images.clone(), "profile": task.profile, "seed": int(seed),
+              "params": {n: float(params[n]) for n in S.PARAM_NAMES},
+              "config": json.loads(json.dumps(dataclasses.asdict(task.config), default=str))}
+    torch.save(record, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def find_final_samples(profile: str, params: Mapping[str, Any], seed: int) -> dict | None:
+    """The saved record of a final-protocol evaluation (newest when several task settings
+    share profile, parameters and seed), or None."""
+    probe = MnistScheduleTask.__new__(MnistScheduleTask)
+    probe.profile, probe.config = profile, MnistScheduleTask.profiles.get(profile, QUICK)
+    stem = probe.sample_key(params, seed).rsplit("-", 1)[0]
+    found = sorted(samples_dir().glob(f"{stem}-*.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    return torch.load(found[-1], weights_only=True)
