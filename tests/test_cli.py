@@ -85,7 +85,8 @@ def test_run_all_methods_smoke_writes_tables_and_plots(capsys, tmp_path):
     assert "| bilevel" in res.out and "| botorch" in res.out
     again = call_ok(["run", "--task", "quadratic", "--method", "all", "--profile", "smoke",
                      "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
-    assert again.err.count("done (skipped)") == 10
+    cells = res.err.count(": done (")
+    assert cells >= 10 and again.err.count("done (skipped)") == cells  # >= 5 stock methods x 2 seeds
 
 
 def test_console_script_help():
