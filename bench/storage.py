@@ -80,6 +80,8 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
         raise
     except Exception as exc:  # sqlalchemy / driver errors vary by backend
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, ImportError):  # the database driver is missing
+            reason += ' (postgresql:// needs pip install -e ".[postgres]"; mysql:// a driver such as PyMySQL)'
         raise DiffhpoError(
             f"cannot open storage {url!r}: {reason} (valid: sqlite:///FILE, postgresql://..., "
             "mysql://..., journal:///FILE)"

@@ -92,14 +92,13 @@ def _pg_admin_url():
 @pytest.fixture
 def pg_url():
     """A fresh database on the test server, dropped afterwards."""
-    import psycopg2
+    import psycopg
 
     admin = _pg_admin_url()
     try:
-        conn = psycopg2.connect(admin, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
+        conn = psycopg.connect(admin, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL at DIFFHPO_TEST_POSTGRES_URL is not reachable: {exc}")
-    conn.autocommit = True
     name = f"diffhpo_{uuid.uuid4().hex[:10]}"
     conn.cursor().execute(f"CREATE DATABASE {name}")
     yield admin.rsplit("/", 1)[0] + "/" + name
