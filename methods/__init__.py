@@ -4,7 +4,7 @@ External packages register more through the ``diffhpo.methods`` entry-point grou
 :mod:`diffhpo.methods.base`).
 """
 
-from . import bilevel, botorch, default, grid, random, tpe
+from . import bilevel, botorch, default, grid, none, random, tpe, weighted_sum
 from .base import METHODS, Method, MethodContext, register_method
 
 register_method("grid", grid.METHOD)
@@ -12,6 +12,8 @@ register_method("random", random.METHOD)
 register_method("tpe", tpe.METHOD)
 register_method("botorch", botorch.METHOD)
 register_method("bilevel", bilevel.METHOD)
+register_method("none", none.METHOD)
+register_method("weighted-sum", weighted_sum.METHOD)
 register_method("default", default.METHOD)
 
 __all__ = ["METHODS", "Method", "MethodContext", "register_method"]

@@ -8,6 +8,7 @@ from ..bench.registry import Registry
 from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
+from .reward import RewardMnistTask, RewardSdTask
 
 TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
 
@@ -18,6 +19,8 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 register_task(QuadraticTask)
+register_task(RewardMnistTask)
+register_task(RewardSdTask)
 register_task(MnistScheduleTask)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]

@@ -3,47 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import string
 
 import pytest
 import torch
 
 from diffhpo.bench.errors import DiffhpoError
 from diffhpo.bench.metrics.clip_score import ClipScorer, ClipScoreResult, compute_clip_score
-
-
-def _tiny_clip():
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextConfig,
-        CLIPTokenizer,
-        CLIPVisionConfig,
-    )
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + string.digits:
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])  # character-level BPE, built in memory
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    config = CLIPConfig(
-        text_config=CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, max_position_embeddings=40, bos_token_id=0,
-                                   eos_token_id=1, pad_token_id=1).to_dict(),
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=4).to_dict(),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+from diffhpo.tasks.reward.tiny import tiny_clip
 
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
-    model, processor = _tiny_clip()
+    model, processor = tiny_clip()
     folder = tmp_path_factory.mktemp("tiny-clip")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

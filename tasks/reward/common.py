@@ -1,0 +1,308 @@
+"""What ``reward-mnist`` and ``reward-sd`` share: the bilevel problem of method.md,
+Application 1, its search spaces, the guided-sampling evaluation, the bank-based oracle,
+and the report's pictures.
+
+Problem: lower level ``max_p E_p[r2] - lambda KL(p || p_pre)``, solved by guided sampling
+(:mod:`.guidance`, paper Algorithm 5); upper level ``max_lambda E_{p*_lambda}[r1]``.
+Hyperparameter ``lam`` in [0.01, 100], log scale; default grid {0.01, 0.1, 1, 10, 100};
+default (the bilevel start point) the geometric centre, lambda = 1.
+
+Search spaces by method (:meth:`RewardTask.search_space_for`):
+
+* ``default`` (grid, random, TPE, BoTorch, bilevel, ...): ``{"lam"}``; a trial is one guided
+  sampling run with ``r2`` at ``lam``.
+* ``weighted-sum``: ``{"w"}`` in [0.01, 100] (log), at the fixed ``lam = ws_lambda``; a trial is
+  one guided run with the reward ``r2 + w * r1`` (the paper's weighted-sum baseline).
+* ``none``: ``{}``; the pre-trained model without guidance.
+
+So the task reads the mode from the parameters it gets: ``lam`` -> guided by r2; ``w`` ->
+weighted sum at ``ws_lambda``; nothing -> un-guided.
+
+Cost unit: one guided sampling run at the search settings (``n_samples`` images per
+condition, ``steps`` DDIM steps). The bilevel oracle (:meth:`RewardTask.oracle`) charges the
+bank (:mod:`.bank`) once, on its first outer iteration (iteration 0), whether or not the
+bank came from the disk cache, so the accounting does not depend on the cache; every
+outer iteration also costs ``oracle_cost`` units, a deliberate over-charge of what it
+computes (a few log-sum-exps over the bank, microseconds), so that the search ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from optuna.distributions import BaseDistribution, FloatDistribution
+
+from ...bench.errors import DiffhpoError
+from ...methods.seeding import derive_seed
+from ..base import Metric, OracleContext, OracleResult, Task
+from . import bank as bank_mod
+from . import penalty as pen
+
+LAM_GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
+# purpose tags for derive_seed
+EVAL_NOISE, BANK_NOISE = 501, 502
+SAMPLE_GRID_PER_CONDITION = 8
+
+
+class RewardTask(Task):
+    """Base of the reward tasks. Subclasses provide the model, the conditions, the rewards
+    and the quality metrics; see :class:`~diffhpo.tasks.reward.mnist_task.RewardMnistTask`."""
+
+    cost_unit = "guided sampling runs"
+    upper_metric: str = "upper"
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def conditions(self) -> list:
+        raise NotImplementedError
+
+    def model(self):
+        """The sampling model: ``eps(x, t, cond)``, ``scheduler()``, ``decode``, ``noise_shape``,
+        ``conditional``, ``id`` (see :class:`~.mnist_task.MnistModel`)."""
+        raise NotImplementedError
+
+    def lower_reward(self):
+        """r2 (a :class:`~.rewards.Reward`), differentiable."""
+        raise NotImplementedError
+
+    def upper_reward_diff(self):
+        """A differentiable form of r1 (for the weighted-sum guidance)."""
+        raise NotImplementedError
+
+    def score(self, images: torch.Tensor, cond: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(r1, r2)`` per image, as reported (numpy float64)."""
+        raise NotImplementedError
+
+    def quality_metrics(self, samples: dict, seed: int, final: bool) -> dict[str, float]:
+        """FID, KID, IS (and task extras) of ``{cond: images in [-1, 1]}``."""
+        raise NotImplementedError
+
+    def describe_model(self) -> dict:
+        """What the bank depends on besides the rewards (for its cache key)."""
+        raise NotImplementedError
+
+    # -- declarations ----------------------------------------------------------------------------
+    def _check_common(self) -> None:
+        cfg = self.config
+        from .guidance import GRAD_THROUGH
+
+        if cfg.grad_through not in GRAD_THROUGH:
+            raise DiffhpoError(f"task {self.name!r}: grad_through must be one of {', '.join(GRAD_THROUGH)}")
+        if not 0 < cfg.lam_low < cfg.lam_high:
+            raise DiffhpoError(f"task {self.name!r}: need 0 < lam_low < lam_high")
+        if not 0 < cfg.w_low < cfg.w_high:
+            raise DiffhpoError(f"task {self.name!r}: need 0 < w_low < w_high")
+        for key in ("n_samples", "n_final", "bank_size", "steps", "batch_size"):
+            if int(getattr(cfg, key)) < 1:
+                raise DiffhpoError(f"task {self.name!r}: {key} must be at least 1")
+        if cfg.oracle_cost <= 0:
+            raise DiffhpoError(f"task {self.name!r}: oracle_cost must be positive")
+
+    def search_space(self) -> dict[str, BaseDistribution]:
+        return {"lam": FloatDistribution(self.config.lam_low, self.config.lam_high, log=True)}
+
+    def default_grid(self) -> dict[str, list]:
+        return {"lam": [v for v in LAM_GRID if self.config.lam_low <= v <= self.config.lam_high]}
+
+    def search_space_for(self, variant: str) -> dict[str, BaseDistribution] | None:
+        """The space a method searches: ``default`` {lam}, ``weighted-sum`` {w}, ``none`` {}."""
+        if variant == "weighted-sum":
+            return {"w": FloatDistribution(self.config.w_low, self.config.w_high, log=True)}
+        if variant == "none":
+            return {}
+        return super().search_space_for(variant)
+
+    def default_grid_for(self, variant: str) -> dict[str, list] | None:
+        if variant == "weighted-sum":
+            return {"w": [v for v in LAM_GRID if self.config.w_low <= v <= self.config.w_high]}
+        if variant == "none":
+            return {}
+        return super().default_grid_for(variant)
+
+    # -- the guided run --------------------------------------------------------------------------
+    def _mode(self, params: Mapping[str, Any]) -> tuple[str, float, float]:
+        """``(mode, lam, w)`` from the parameters (module docstring)."""
+        if "lam" in params:
+            return "lam", float(params["lam"]), 0.0
+        if "w" in params:
+            return "weighted-sum", float(self.config.ws_lambda), float(params["w"])
+        if not params:
+            return "none", math.inf, 0.0
+        raise DiffhpoError(f"task {self.name!r}: unexpected parameters {sorted(params)}")
+
+    def _guidance_reward(self, w: float):
+        r2 = self.lower_reward()
+        if w == 0.0:
+            return r2
+        r1 = self.upper_reward_diff()
+        return lambda images, cond: r2(images, cond) + w * r1(images, cond)
+
+    def _noise(self, seed: int, k: int, n: int, tag: int):
+        import torch
+
+        g = torch.Generator().manual_seed(derive_seed(seed, tag, k))
+        return torch.randn((n,) + tuple(self.model().noise_shape), generator=g)
+
+    def generate(self, params: Mapping[str, Any], seed: int, n: int, conds: Sequence | None = None) -> dict:
+        """``{cond: images in [-1, 1]}``: ``n`` samples per condition under ``params`` (one guided
+        sampling run when ``n = n_samples``). The noise of condition ``k`` depends only on
+        ``(seed, k)``: every lambda sees the same noise (common random numbers)."""
+        from .guidance import sample_images
+
+        mode, lam, w = self._mode(params)
+        model = self.model()
+        cfg = self.config
+        reward = None if mode == "none" else self._guidance_reward(w)
+        scale = 0.0 if mode == "none" else cfg.guidance / lam
+        out = {}
+        conds = list(conds) if conds is not None else self.conditions()
+        for k, cond in enumerate(conds):
+            idx = self.conditions().index(cond)
+            noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
+            run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
+                                reward=reward, scale=scale, grad_through=cfg.grad_through, decode=model.decode,
+                                batch_size=cfg.batch_size)
+            out[cond] = run.samples
+        return out
+
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        """One guided sampling run under ``params`` (``n_samples`` per condition; ``n_final`` in
+        the final protocol), then the upper score (mean r1), mean r2 and the quality metrics."""
+        n = self.config.n_final if final else self.config.n_samples
+        samples = self.generate(params, seed, n)
+        r1s, r2s = [], []
+        for cond, images in samples.items():
+            r1, r2 = self.score(images, cond)
+            r1s.append(r1)
+            r2s.append(r2)
+        out = {self.upper_metric: float(np.mean([r.mean() for r in r1s])),
+               "lower": float(np.mean([r.mean() for r in r2s]))}
+        out.update(self.extra_metrics(samples, r1s, r2s))
+        out.update(self.quality_metrics(samples, seed, final))
+        if final:
+            self._save_final_grid(params, seed, samples)
+        return out
+
+    def extra_metrics(self, samples: dict, r1s: list, r2s: list) -> dict[str, float]:
+        return {}
+
+    # -- the bilevel oracle ----------------------------------------------------------------------
+    def bank(self, seed: int) -> bank_mod.Bank:
+        """The cached bank of the cell seeded ``seed`` (built on first use)."""
+        cfg = self.config
+        r1_id, r2 = self.upper_reward_id(), self.lower_reward()
+        description = {
+            "task": self.name, "model": self.describe_model(), "steps": cfg.steps, "bank_size": cfg.bank_size,
+            "seed": derive_seed(seed, BANK_NOISE), "r1": r1_id, "r2": [r2.name, r2.weights_id],
+        }
+        conds = self.conditions()
+        return bank_mod.load_or_build(description, conds, lambda: self._build_bank(seed), use_cache=cfg.bank_cache)
+
+    def upper_reward_id(self) -> list:
+        raise NotImplementedError
+
+    def _build_bank(self, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+        from .guidance import sample_images
+
+        cfg = self.config
+        model = self.model()
+        conds = self.conditions()
+        n = cfg.bank_size
+        r1 = np.zeros((len(conds), n))
+        r2 = np.zeros((len(conds), n))
+        if model.conditional:
+            for k, cond in enumerate(conds):
+                noise = self._noise(derive_seed(seed, BANK_NOISE), k, n, BANK_NOISE).to(model.device, model.dtype)
+                run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
+                                    decode=model.decode, batch_size=cfg.batch_size)
+                r1[k], r2[k] = self.score(run.samples, cond)
+            return r1, r2, n * len(conds)
+        noise = self._noise(derive_seed(seed, BANK_NOISE), 0, n, BANK_NOISE).to(model.device, model.dtype)
+        run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, None,
+                            decode=model.decode, batch_size=cfg.batch_size)
+        for k, cond in enumerate(conds):
+            r1[k], r2[k] = self.score(run.samples, cond)
+        return r1, r2, n
+
+    def bank_cost(self, bank: bank_mod.Bank) -> float:
+        guided = self.config.n_samples * len(self.conditions())
+        return bank_mod.bank_cost(bank.images, guided, self.config.grad_through)
+
+    def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        """Bank-based first-order oracle at ``lam`` (method.md, "Penalty function in lambda").
+
+        ``grad["lam"] = -dL_gamma/dlambda`` estimated on the bank (:func:`.penalty.estimate`):
+        the derivative of the *upper score* (maximised) in lambda's natural scale, as the
+        Task interface asks (``L_gamma`` is a penalty of the loss ``-E[r1]``).
+
+        The metrics are honest estimates *from the bank*, not from a guided run: the upper
+        score is the self-normalised estimate ``sum_i softmax(guidance r2/lambda)_i r1_i`` of
+        ``E_{p*_lambda}[r1]`` and ``lower`` that of ``E_{p*_lambda}[r2]``; FID/KID/IS need
+        samples and are not reported here. ``info`` adds the penalty value, the KL of
+        ``p*_lambda`` to ``p_pre``, the smallest effective sample size of the weights over the
+        conditions, and the bank size.
+        """
+        lam = float(params["lam"])
+        bank = self.bank(seed)
+        g = self.config.guidance
+        est = pen.estimate(bank.per_condition(g), lam, context.gamma)
+        cost = self.config.oracle_cost + (self.bank_cost(bank) if context.iteration == 0 else 0.0)
+        lower = float(np.mean([pen.tilted_mean(bank.r2[k], g * bank.r2[k], lam) for k in range(len(bank.conditions))]))
+        return OracleResult(
+            metrics={self.upper_metric: est.upper, "lower": lower},
+            grad={"lam": -est.grad},
+            cost=cost,
+            info={"penalty": est.value, "kl": est.kl, "ess": est.ess, "bank_size": float(est.n),
+                  "bank_cached": float(bank.from_cache)},
+        )
+
+    # -- pictures --------------------------------------------------------------------------------
+    def _grid_dir(self) -> Path:
+        from ...bench.cache import cache_dir
+
+        return cache_dir("reward-final", self.name, self.profile)
+
+    def _save_final_grid(self, params: Mapping[str, Any], seed: int, samples: dict) -> Path:
+        """A PNG of the first images per condition of a final-protocol run, named by the
+        parameters and seed, for :meth:`write_plots`."""
+        import torch
+        from torchvision.utils import save_image
+
+        rows = [imgs[:SAMPLE_GRID_PER_CONDITION] for imgs in samples.values()]
+        grid = torch.cat(rows)
+        path = self._grid_dir() / f"{_params_key(params)}_seed{seed}_{bank_mod.cache_key(self.describe_config())[:8]}.png"
+        tmp = path.with_name(f".{path.name}.{time.time_ns()}.png")
+        save_image((grid.float() + 1) / 2, tmp, nrow=SAMPLE_GRID_PER_CONDITION, padding=1, pad_value=0.5)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def write_plots(cls, cells, trials, folder: Path) -> list[Path]:
+        """``<task>_<profile>_upper_vs_lambda.png``: the grid method's upper score against lambda
+        (mean over seeds) with each method's chosen lambda and final score marked; and
+        ``<task>_<profile>_samples.png``: each method's final samples at its chosen
+        hyperparameters (the first seed's final-protocol run)."""
+        from .plots import sample_grids, upper_vs_lambda
+
+        paths = []
+        folder = Path(folder)
+        if cells is None or len(cells) == 0:
+            return paths
+        for profile, c in cells.groupby("profile"):
+            t = trials[trials.profile == profile] if len(trials) else trials
+            p = upper_vs_lambda(cls, c, t, folder / f"{cls.name}_{profile}_upper_vs_lambda.png")
+            if p is not None:
+                paths.append(p)
+            p = sample_grids(cls, c, folder / f"{cls.name}_{profile}_samples.png")
+            if p is not None:
+                paths.append(p)
+        return paths
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    if not params:
+        return "none"
+    return "_".join(f"{k}{float(v):.6g}" for k, v in sorted(params.items()))

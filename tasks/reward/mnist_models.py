@@ -1,0 +1,410 @@
+"""The networks of ``reward-mnist``: the pre-trained unconditional MNIST DDPM and the
+guidance classifier, their seeded builders (``diffhpo assets build mnist-ddpm`` and
+``diffhpo assets build guidance-classifier``) and loaders.
+
+Pre-trained model (``assets/mnist_ddpm.pt``)
+    A diffusers ``UNet2DModel`` (:data:`UNET_CONFIG`: 28 x 28 x 1, channels 16/32/64, one
+    ResNet block per level, self-attention at 7 x 7; about 0.69 M parameters, 2.7 MB)
+    trained by epsilon-prediction denoising (Ho et al. 2020) on mnist5k's train split
+    (4,000 images, never the held-out split used as FID reference) under diffusers'
+    cosine schedule (``squaredcos_cap_v2``, T = 1000). Adam with warm-up and cosine
+    decay, gradient clipping, and an exponential moving average (EMA) of the weights: the
+    EMA copy is what is shipped. Sampled with deterministic DDIM (:data:`SAMPLE_STEPS`
+    steps, "trailing" spacing so the first step is t = T).
+
+Guidance classifier (``assets/mnist_guidance_classifier.pt``)
+    The lower-level reward's network: a LeNet-style CNN (:class:`GuidanceClassifier`,
+    two 5 x 5 convolutions, SiLU, average pooling, a 64-unit hidden layer; about 114 k parameters), a different
+    architecture and training from the held-out feature network of the metrics (which
+    gives the upper-level score), trained on clean mnist5k train images for a few epochs
+    without augmentation or noise. *Not* noise-robust, by choice: guidance evaluates it on
+    the predicted clean image ``x0_hat`` (Algorithm 5), and a plain classifier can be
+    over-optimised, which is what the upper score (the other network) must reveal. SiLU
+    instead of ReLU gives smooth input gradients. Input: float images in [-1, 1] (the
+    diffusion model's range), differentiable.
+
+Both builders are deterministic for a seed, torch version and thread count
+(:func:`diffhpo.bench.assets._deterministic`), like the feature network's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DDPM_FILE = "mnist_ddpm.pt"
+GUIDANCE_FILE = "mnist_guidance_classifier.pt"
+
+UNET_CONFIG: dict = {
+    "sample_size": 28,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [16, 32, 64],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention_head_dim": 8,
+}
+SCHEDULER_CONFIG: dict = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "timestep_spacing": "trailing",
+}
+SAMPLE_STEPS = 25
+
+DDPM_STEPS = 4000
+DDPM_BATCH = 64
+DDPM_LR = 1e-3
+DDPM_WARMUP = 200
+DDPM_EMA = 0.999
+DDPM_EVAL_EVERY = 1000
+DDPM_EVAL_SAMPLES = 200
+CONFIDENCE = 0.9
+
+GUIDANCE_EPOCHS = 4
+GUIDANCE_BATCH = 64
+GUIDANCE_LR = 2e-3
+
+
+# --- helpers shared by the builders and the task ------------------------------------------
+
+
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 to float32 in [-1, 1]."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def build_unet(config: dict | None = None):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**dict(config or UNET_CONFIG))
+
+
+def feature_net_logits(net, images: torch.Tensor) -> torch.Tensor:
+    """Logits of the metrics' feature network for float images in [-1, 1], differentiable
+    (the same normalisation as :func:`diffhpo.bench.metrics.feature_net.preprocess`)."""
+    from ...bench.metrics.feature_net import MNIST_MEAN, MNIST_STD
+
+    x = (images.float() + 1.0) / 2.0
+    if x.shape[1] == 3:
+        x = x.mean(dim=1, keepdim=True)
+    return net((x - MNIST_MEAN) / MNIST_STD)[1]
+
+
+@torch.no_grad()
+def confidence(images_uint8: torch.Tensor, net=None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max softmax probability, predicted digit)`` of each uint8 image under the feature network."""
+    from ...bench.metrics.feature_net import load_feature_net, preprocess
+
+    net = net or load_feature_net()
+    probs = torch.cat([F.softmax(net(preprocess(images_uint8[i : i + batch_size]))[1], dim=1)
+                       for i in range(0, len(images_uint8), batch_size)])
+    conf, pred = probs.max(dim=1)
+    return conf, pred
+
+
+def confident_fraction(images_uint8: torch.Tensor, threshold: float = CONFIDENCE, net=None) -> float:
+    """Fraction of images the feature network classifies with probability >= ``threshold``."""
+    conf, _ = confidence(images_uint8, net)
+    return float((conf >= threshold).double().mean())
+
+
+# --- the DDPM -------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainedDdpm:
+    """A loaded pixel-space model: the UNet (eval mode, no grad) and its scheduler config."""
+
+    unet: torch.nn.Module
+    scheduler_config: dict
+    source: str
+    sample_steps: int = SAMPLE_STEPS
+
+    def eps(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+    def scheduler(self, steps: int | None = None):
+        from .guidance import ddim_scheduler
+
+        return ddim_scheduler(self.scheduler_config, steps or self.sample_steps)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c = self.unet.config
+        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+        return (c.in_channels, size, size)
+
+
+def load_mnist_ddpm(source: str | Path | None = None) -> PretrainedDdpm:
+    """The shipped DDPM (checksum-verified) when ``source`` is empty, else a diffusers
+    ``DDPMPipeline`` folder or hub id holding ``unet/`` and ``scheduler/`` (loaded with
+    ``from_pretrained``; a hub id needs the network or the Hugging Face cache)."""
+    from ...bench.assets import read_record, verified_asset
+    from ...bench.errors import DiffhpoError
+
+    if not source:
+        path = verified_asset(DDPM_FILE)
+        record = read_record(path)
+        unet = build_unet(record["unet_config"])
+        unet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        sched = dict(record["scheduler_config"])
+        label = f"assets/{DDPM_FILE}"
+    else:
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        try:
+            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet")
+            sched = dict(DDIMScheduler.from_pretrained(str(source), subfolder="scheduler").config)
+        except (OSError, ValueError) as exc:
+            raise DiffhpoError(
+                f"MNIST diffusion model {str(source)!r} could not be loaded ({str(exc).splitlines()[0]}); "
+                "leave the option empty for the shipped model or give a DDPMPipeline folder (unet/, scheduler/)"
+            ) from None
+        sched.setdefault("timestep_spacing", "trailing")
+        label = str(source)
+    unet.requires_grad_(False).eval()
+    return PretrainedDdpm(unet=unet, scheduler_config=sched, source=label)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _sample_quality(model: PretrainedDdpm, n: int, seed: int, net, steps: int = SAMPLE_STEPS) -> dict:
+    from ...bench.metrics.images import to_uint8
+    from .guidance import sample_images
+
+    noise = torch.randn((n,) + model.image_shape, generator=torch.Generator().manual_seed(seed))
+    run = sample_images(model.eps, lambda: model.scheduler(steps), noise, batch_size=100)
+    conf, pred = confidence(to_uint8(run.samples), net)
+    return {
+        "confident_fraction": round(float((conf >= CONFIDENCE).double().mean()), 4),
+        "mean_confidence": round(float(conf.mean()), 4),
+        "digit_counts": torch.bincount(pred, minlength=10).tolist(),
+    }
+
+
+def build_mnist_ddpm(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    steps: int = DDPM_STEPS,
+    train_images: int | None = None,
+    eval_every: int = DDPM_EVAL_EVERY,
+    eval_samples: int = DDPM_EVAL_SAMPLES,
+    eval_steps: int = SAMPLE_STEPS,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train the unconditional MNIST DDPM on mnist5k's train split and save the EMA weights
+    with their record (architecture, schedule, training history with sample quality).
+
+    Each step: a batch of 64 images (epochs visit the images in a seeded permutation),
+    timesteps uniform on 0..T-1, ``x_t = sqrt(alphabar_t) x0 + sqrt(1 - alphabar_t) eps``,
+    loss ``|| eps_theta(x_t, t) - eps ||^2``. Every ``eval_every`` steps the EMA model draws
+    ``eval_samples`` images (DDIM, :data:`SAMPLE_STEPS` steps, fixed noise) and the
+    feature network measures the fraction classified with probability >= 0.9.
+    ``steps``, ``train_images`` and ``eval_steps`` exist for quick test builds; the shipped
+    weights use the defaults.
+    """
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    from ...bench.assets import _deterministic, save_asset
+    from ...bench.data import load_mnist
+    from ...bench.metrics.feature_net import load_feature_net
+
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    images, _ = load_mnist("mnist5k", "train")
+    images = images[:train_images]
+    data = to_unit_range(images)
+    train_sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items()
+                                   if k not in ("set_alpha_to_one", "steps_offset")})
+    alphabar = train_sched.alphas_cumprod.float()
+    T = train_sched.config.num_train_timesteps
+    net = load_feature_net()
+    history = []
+    with _deterministic(seed) as gen:
+        unet = build_unet()
+        ema = copy.deepcopy(unet).requires_grad_(False).eval()
+        opt = torch.optim.Adam(unet.parameters(), lr=DDPM_LR)
+        per_epoch = max(1, len(data) // DDPM_BATCH)
+        order = None
+        running = 0.0
+        for step in range(steps):
+            epoch, j = divmod(step, per_epoch)
+            if j == 0:
+                order = torch.randperm(len(data), generator=gen)
+            x0 = data[order[j * DDPM_BATCH : (j + 1) * DDPM_BATCH]]
+            t = torch.randint(0, T, (len(x0),), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            ab = alphabar[t].view(-1, 1, 1, 1)
+            unet.train()
+            loss = F.mse_loss(unet(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t).sample, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = DDPM_LR * _lr_factor(step, steps, DDPM_WARMUP)
+            opt.step()
+            decay = min(DDPM_EMA, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), unet.parameters()):
+                    e.lerp_(p.detach(), 1.0 - decay)
+            running += loss.item()
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                n_avg = (step % eval_every) + 1
+                model = PretrainedDdpm(ema, dict(SCHEDULER_CONFIG), "training")
+                with torch.random.fork_rng(devices=[]):
+                    quality = _sample_quality(model, eval_samples, seed=12345, net=net, steps=eval_steps)
+                entry = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 2),
+                         "train_loss": round(running / n_avg, 5), **quality,
+                         "elapsed_s": round(time.perf_counter() - started, 1)}
+                history.append(entry)
+                running = 0.0
+                log(f"step {step + 1}/{steps}: loss {entry['train_loss']:.4f}, "
+                    f"confident {quality['confident_fraction']:.3f}, digits {quality['digit_counts']}, "
+                    f"{entry['elapsed_s']:.0f} s")
+    default_run = steps == DDPM_STEPS and train_images is None and eval_steps == SAMPLE_STEPS
+    record = {
+        "asset": "mnist-ddpm",
+        "description": "unconditional MNIST DDPM (epsilon prediction), the pre-trained model of reward-mnist",
+        "architecture": "diffusers UNet2DModel, see unet_config",
+        "unet_config": UNET_CONFIG,
+        "scheduler_config": SCHEDULER_CONFIG,
+        "sample_steps": SAMPLE_STEPS,
+        "parameters": sum(p.numel() for p in ema.parameters()),
+        "seed": seed,
+        "dataset": "mnist5k",
+        "train_size": len(data),
+        "steps": steps,
+        "batch_size": DDPM_BATCH,
+        "optimizer": f"Adam(lr={DDPM_LR}), warm-up {DDPM_WARMUP} steps then cosine decay to 5%, grad-norm clip 1.0",
+        "ema_decay": DDPM_EMA,
+        "weights": "EMA",
+        "quality_check": f"fraction of {eval_samples} DDIM samples (fixed noise) classified with probability "
+                         f">= {CONFIDENCE} by the feature network",
+        "history": history,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "command": f"diffhpo assets build mnist-ddpm --seed {seed}" if default_run
+        else f"build_mnist_ddpm(seed={seed}, steps={steps}, train_images={train_images}, eval_steps={eval_steps})",
+    }
+    state = {k: v.detach().clone().contiguous() for k, v in ema.state_dict().items()}
+    return save_asset(state, out_dir, DDPM_FILE, record)
+
+
+# --- the guidance classifier --------------------------------------------------------------
+
+
+class GuidanceClassifier(nn.Module):
+    """LeNet-style digit classifier on float images in [-1, 1]; ``forward`` returns logits."""
+
+    def __init__(self, width: int = 16, hidden: int = 64):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, width, 5, padding=2), nn.SiLU(), nn.AvgPool2d(2),  # 14 x 14
+            nn.Conv2d(width, 2 * width, 5, padding=2), nn.SiLU(), nn.AvgPool2d(2),  # 7 x 7
+            nn.Flatten(),
+        )
+        self.fc = nn.Sequential(nn.Linear(2 * width * 49, hidden), nn.SiLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        return self.fc(self.conv(x))
+
+
+def load_guidance_classifier(weights_path: str | Path | None = None) -> GuidanceClassifier:
+    """The guidance classifier in eval mode, from a path or the shipped, verified weights."""
+    from ...bench.assets import read_record, verified_asset
+
+    path = Path(weights_path) if weights_path else verified_asset(GUIDANCE_FILE)
+    record = read_record(path)
+    net = GuidanceClassifier(**record.get("init", {}))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.requires_grad_(False).eval()
+
+
+def build_guidance_classifier(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    epochs: int = GUIDANCE_EPOCHS,
+    train_images: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train the guidance classifier on clean mnist5k train images (Adam, batch 64,
+    cross-entropy, no augmentation) and save it with its record (held-out accuracy)."""
+    from ...bench.assets import _deterministic, save_asset
+    from ...bench.data import load_mnist
+
+    log = log or (lambda line: None)
+    started = time.perf_counter()
+    train_x, train_y = load_mnist("mnist5k", "train")
+    train_x, train_y = to_unit_range(train_x[:train_images]), train_y[:train_images]
+    held_x, held_y = load_mnist("mnist5k", "heldout")
+    held_x = to_unit_range(held_x)
+    history = []
+    with _deterministic(seed) as gen:
+        net = GuidanceClassifier()
+        opt = torch.optim.Adam(net.parameters(), lr=GUIDANCE_LR)
+        for epoch in range(epochs):
+            net.train()
+            order = torch.randperm(len(train_x), generator=gen)
+            total = 0.0
+            for start in range(0, len(order), GUIDANCE_BATCH):
+                idx = order[start : start + GUIDANCE_BATCH]
+                loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            net.eval()
+            with torch.no_grad():
+                acc = float((net(held_x).argmax(1) == held_y).double().mean())
+            history.append({"epoch": epoch + 1, "train_loss": round(total / len(train_x), 5),
+                            "heldout_accuracy": acc})
+            log(f"epoch {epoch + 1}/{epochs}: train loss {total / len(train_x):.4f}, held-out accuracy {acc:.4f}")
+    default_run = epochs == GUIDANCE_EPOCHS and train_images is None
+    record = {
+        "asset": "guidance-classifier",
+        "description": "MNIST guidance classifier: the lower-level reward r2 = log p(c | x) of reward-mnist",
+        "architecture": "GuidanceClassifier(width=16, hidden=64): conv5x5-SiLU-avgpool x2, fc64-SiLU, fc10; "
+                        "input float in [-1, 1]",
+        "init": {"width": 16, "hidden": 64},
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "seed": seed,
+        "dataset": "mnist5k",
+        "train_size": len(train_x),
+        "heldout_size": len(held_x),
+        "epochs": epochs,
+        "batch_size": GUIDANCE_BATCH,
+        "optimizer": f"Adam(lr={GUIDANCE_LR})",
+        "augmentation": "none (clean images; not noise-robust by choice)",
+        "heldout_accuracy": history[-1]["heldout_accuracy"] if history else None,
+        "history": history,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "command": f"diffhpo assets build guidance-classifier --seed {seed}" if default_run
+        else f"build_guidance_classifier(seed={seed}, epochs={epochs}, train_images={train_images})",
+    }
+    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    return save_asset(state, out_dir, GUIDANCE_FILE, record)
