@@ -89,7 +89,7 @@ class RewardMnistTask(RewardTask):
     upper_metric = "alignment"
     profiles = {
         "smoke": RewardMnistConfig(digits=(3, 8), steps=4, n_samples=4, n_final=8, bank_size=16, batch_size=16,
-                                   oracle_cost=0.5, budget=3.0),
+                                   oracle_cost=0.25, budget=3.0),  # bank 2 units + 4 iterations
         "quick": RewardMnistConfig(),
         "paper": RewardMnistConfig(digits=tuple(range(10)), steps=50, n_samples=100, n_final=100, bank_size=3000,
                                    oracle_cost=0.05, budget=20.0),
