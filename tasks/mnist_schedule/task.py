@@ -24,9 +24,12 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     steps, budget 2: every method in seconds (tests, CI). Its FIDs are meaningless.
 ``quick``
     the embedded default for 2 CPU cores (mnist5k, 4,000 training images): see
-    :data:`QUICK` for the sizes, chosen so that ``diffhpo run --task mnist-schedule
-    --method all`` for one seed takes at most 45 minutes and FID differs between
-    schedules by much more than between seeds.
+    :data:`QUICK` for the sizes, meant to make ``diffhpo run --task mnist-schedule
+    --method all`` for one seed take at most 45 minutes with FID differing between
+    schedules by much more than between seeds. Not there yet (measured, seed 0, on a
+    shared 2-core machine): 86 minutes; one training 180 s; final FIDs 936-1217 with IS
+    about 1.1 (under-trained networks), and a search-vs-final gap of one schedule (~200)
+    not far below the spread over schedules (880-1511).
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
