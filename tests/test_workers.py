@@ -27,6 +27,20 @@ def completed(url, name):
     return [t for t in study.trials if t.state == TrialState.COMPLETE]
 
 
+def trial_rows(db) -> int:
+    """Number of trials in an Optuna SQLite file: 0 when absent, -1 while locked (being written)."""
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
+
+
 def param_key(t):
     return tuple(sorted((k, round(v, 12)) for k, v in t.params.items()))
 
@@ -179,8 +193,15 @@ def test_run_survives_random_sigint_and_sigkill(tmp_path):
     url = st.default_url(out)
     seen: dict = {}
     for i in range(12):
+        before = trial_rows(out / st.DEFAULT_DB)
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 4.0))
+        # Start-up (imports) takes 1 to 10 s depending on the machine: a blind delay from launch
+        # can kill every run before its first trial. Wait for the run to start a trial, then
+        # interrupt at a random point of the search that follows.
+        deadline = time.time() + 120
+        while p.poll() is None and trial_rows(out / st.DEFAULT_DB) == before and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0))
         p.send_signal(signal.SIGINT if i % 2 == 0 else signal.SIGKILL)
         p.wait()
         if not (out / st.DEFAULT_DB).exists():
