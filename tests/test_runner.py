@@ -182,3 +182,18 @@ def test_report_files_and_columns(tmp_path):
     assert (summary.cost_ratio_median > 0).all()
     assert (summary.val_loss_min <= summary.val_loss_median).all()
     assert "| method" in (tmp_path / "summary.md").read_text()
+
+
+def test_default_sqlite_storage_is_write_ahead_logged(tmp_path):
+    """The default SQLite file runs in WAL mode (one log append per commit, readers never
+    block the writer); the mode is stored in the file, so any later reader sees it."""
+    import sqlite3
+
+    storage = st.open_storage(st.default_url(tmp_path))
+    optuna.create_study(storage=storage, study_name="probe").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    con = sqlite3.connect(tmp_path / st.DEFAULT_DB)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 2
+    finally:
+        con.close()
