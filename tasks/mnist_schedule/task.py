@@ -24,12 +24,15 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     steps, budget 2: every method in seconds (tests, CI). Its FIDs are meaningless.
 ``quick``
     the embedded default for 2 CPU cores (mnist5k, 4,000 training images): see
-    :data:`QUICK` for the sizes, meant to make ``diffhpo run --task mnist-schedule
-    --method all`` for one seed take at most 45 minutes with FID differing between
-    schedules by much more than between seeds. Not there yet (measured, seed 0, on a
-    shared 2-core machine): 86 minutes; one training 180 s; final FIDs 936-1217 with IS
-    about 1.1 (under-trained networks), and a search-vs-final gap of one schedule (~200)
-    not far below the spread over schedules (880-1511).
+    :data:`QUICK` for the sizes (500 training steps of 32 images, 256 search and 1,000
+    final samples, 10 DDIM steps, budget 4 trainings). Measured on an idle 2-core machine
+    (``benchmarks/mnist_schedule_landscape.py --profile quick --seeds 3``): one
+    evaluation 83-110 s; FID at the default schedule over 3 seeds 934 / 1078 / 945 (std
+    80); moving one parameter to the far end of its range: q_s=0.4 -247, q_e=0.8 +663,
+    q_tau=4 +643, q_eps=0.04 -30. Schedules differ by up to 8 seed-stds, but the networks
+    are under-trained (IS about 1.2, blob-like samples), and the 45-minute target for the
+    whole ``--method all`` matrix is not met yet (86 minutes on a shared machine, one
+    thread; see the issue note for the idle-machine figure).
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
@@ -105,7 +108,7 @@ SMOKE = MnistScheduleConfig(
     sample_batch=16, bl_warmup=0.5, bl_inner_steps=1, bl_zo_directions=1, bl_zo_samples=8, bl_qgrad_batch=8,
     bl_upper_batch=4, budget=2.0,
 )
-QUICK = MnistScheduleConfig()
+QUICK = MnistScheduleConfig(threads=0)  # every core: 1.3x faster per step on an idle 2-core machine
 PAPER = MnistScheduleConfig(
     dataset="mnist", unet_channels=(32, 64, 64), unet_attention=(False, False, True),
     unet_layers_per_block=1, unet_norm_groups=16, epochs=100.0, batch_size=128, lr=1e-3,
@@ -234,10 +237,12 @@ class MnistScheduleTask(Task):
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
-        """Run on ``threads`` torch threads (restored afterwards). One thread is the default
-        of the CPU profiles: on a shared 2-core machine two OpenMP threads that lose
-        their core to another process wait for each other, and a training step took 10-30x
-        longer (measured); on a dedicated machine ``--option threads=2`` is faster."""
+        """Run on ``threads`` torch threads (restored afterwards; 0: torch's default, every
+        core). ``smoke`` uses one thread, ``quick`` every core: on an idle 2-core machine a
+        quick training step takes 196 ms on two threads against 258 ms on one (measured,
+        batch 32). On a *shared* 2-core machine two OpenMP threads that lose their core to
+        another process wait for each other and a step took 10-30x longer (measured): there,
+        pass ``--option threads=1``."""
         n = int(self.config.threads)
         if n <= 0:
             yield
