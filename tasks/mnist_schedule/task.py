@@ -30,9 +30,10 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     evaluation 83-110 s; FID at the default schedule over 3 seeds 934 / 1078 / 945 (std
     80); moving one parameter to the far end of its range: q_s=0.4 -247, q_e=0.8 +663,
     q_tau=4 +643, q_eps=0.04 -30. Schedules differ by up to 8 seed-stds, but the networks
-    are under-trained (IS about 1.2, blob-like samples), and the 45-minute target for the
-    whole ``--method all`` matrix is not met yet (86 minutes on a shared machine, one
-    thread; see the issue note for the idle-machine figure).
+    are under-trained (IS about 1.1, blob-like samples), and the 45-minute target for the
+    whole ``--method all`` matrix is not met yet: 49 min 24 s on an idle 2-core machine
+    (seed 0; 86 minutes on a shared one with one thread). One black-box cell (4
+    trainings and the final re-evaluation) takes about 9 minutes.
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
