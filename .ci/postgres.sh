@@ -15,7 +15,7 @@ pg_start() {
       || { echo "postgres: install failed; postgres tests will skip"; return 0; }
   fi
   local bin; bin=$(pg_bin)
-  PG_DATA=$(mktemp -d /tmp/diffhpo-pg.XXXXXX)
+  PG_DATA=$(mktemp -d -t diffhpo-pg.XXXXXX)
   export PG_DATA
   local run=()
   if [ "$(id -u)" = 0 ]; then chown postgres "$PG_DATA"; run=(runuser -u postgres --); fi
