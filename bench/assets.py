@@ -100,8 +100,11 @@ def verified_asset(filename: str, directory: str | Path | None = None) -> Path:
 
 
 def save_asset(state_dict: dict, out_dir: str | Path, filename: str, record: dict) -> dict:
-    """Write ``out_dir/filename`` (a state dict) and its JSON record; return the full record."""
+    """Write ``out_dir/filename`` (a detached, contiguous copy of the state dict) and its
+    JSON record; return the full record."""
     import torch
+
+    state = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,7 @@ def save_asset(state_dict: dict, out_dir: str | Path, filename: str, record: dic
     # Serialise in memory: torch.save names the zip records after the target file, so
     # saving to a temporary name would make the bytes (and the checksum) depend on it.
     buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
+    torch.save(state, buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
@@ -238,8 +241,7 @@ def build_feature_net(
         "command": f"diffhpo assets build feature-net --seed {seed}" if default_run
         else f"build_feature_net(seed={seed}, epochs={epochs}, train_images={train_images})",
     }
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    return save_asset(state, out_dir, WEIGHTS_FILE, record)
+    return save_asset(net.state_dict(), out_dir, WEIGHTS_FILE, record)
 
 
 register_asset(

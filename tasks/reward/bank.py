@@ -79,7 +79,7 @@ def load_or_build(
     """The cached bank for ``description``, or ``build()`` -> ``(r1 (K, N), r2 (K, N), images)``
     stored under its key."""
     key = cache_key({**description, "conditions": list(conditions)})
-    path = cache_dir("reward-bank") / f"{key}.npz"
+    path = bank_path(key)
     if use_cache and path.exists():
         with np.load(path) as data:
             return Bank(tuple(conditions), data["r1"], data["r2"], int(data["images"]), key, True)

@@ -159,7 +159,7 @@ class RewardTask(Task):
         scale = 0.0 if mode == "none" else cfg.guidance / lam
         out = {}
         conds = list(conds) if conds is not None else self.conditions()
-        for k, cond in enumerate(conds):
+        for cond in conds:
             idx = self.conditions().index(cond)
             noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
             run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
@@ -260,11 +260,6 @@ class RewardTask(Task):
         )
 
     # -- pictures --------------------------------------------------------------------------------
-    def _grid_dir(self) -> Path:
-        from ...bench.cache import cache_dir
-
-        return cache_dir("reward-final", self.name, self.profile)
-
     def _save_final_grid(self, params: Mapping[str, Any], seed: int, samples: dict) -> Path:
         """A PNG of the first images per condition of a final-protocol run, named by the
         parameters and seed, for :meth:`write_plots`."""
@@ -273,7 +268,8 @@ class RewardTask(Task):
 
         rows = [imgs[:SAMPLE_GRID_PER_CONDITION] for imgs in samples.values()]
         grid = torch.cat(rows)
-        path = self._grid_dir() / f"{_params_key(params)}_seed{seed}_{bank_mod.cache_key(self.describe_config())[:8]}.png"
+        name = f"{_params_key(params)}_seed{seed}_{bank_mod.cache_key(self.describe_config())[:8]}.png"
+        path = final_grid_dir(self.name, self.profile) / name
         tmp = path.with_name(f".{path.name}.{time.time_ns()}.png")
         save_image((grid.float() + 1) / 2, tmp, nrow=SAMPLE_GRID_PER_CONDITION, padding=1, pad_value=0.5)
         tmp.replace(path)
@@ -300,6 +296,13 @@ class RewardTask(Task):
             if p is not None:
                 paths.append(p)
         return paths
+
+
+def final_grid_dir(task_name: str, profile: str) -> Path:
+    """Folder of the final-protocol sample grids of one reward task and profile."""
+    from ...bench.cache import cache_dir
+
+    return cache_dir("reward-final", task_name, profile)
 
 
 def _params_key(params: Mapping[str, Any]) -> str:

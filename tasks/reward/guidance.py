@@ -129,10 +129,7 @@ def guided_ddim(
                 g0 = torch.autograd.grad(r, x0)[0]
             eps = eps - s_1m * scale * s_ab * g0
         with torch.no_grad():
-            if eta > 0:
-                x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
-            else:
-                x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            x = scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
     return x.detach()
 
 

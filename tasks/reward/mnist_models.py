@@ -308,8 +308,7 @@ def build_mnist_ddpm(
         "command": f"diffhpo assets build mnist-ddpm --seed {seed}" if default_run
         else f"build_mnist_ddpm(seed={seed}, steps={steps}, train_images={train_images}, eval_steps={eval_steps})",
     }
-    state = {k: v.detach().clone().contiguous() for k, v in ema.state_dict().items()}
-    return save_asset(state, out_dir, DDPM_FILE, record)
+    return save_asset(ema.state_dict(), out_dir, DDPM_FILE, record)
 
 
 # --- the guidance classifier --------------------------------------------------------------
@@ -406,5 +405,4 @@ def build_guidance_classifier(
         "command": f"diffhpo assets build guidance-classifier --seed {seed}" if default_run
         else f"build_guidance_classifier(seed={seed}, epochs={epochs}, train_images={train_images})",
     }
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    return save_asset(state, out_dir, GUIDANCE_FILE, record)
+    return save_asset(net.state_dict(), out_dir, GUIDANCE_FILE, record)

@@ -69,16 +69,15 @@ def _ws_lambda(task_cls, cells: pd.DataFrame) -> float:
 
 
 def sample_grids(task_cls, cells: pd.DataFrame, path: Path) -> Path | None:
-    from ...bench.cache import cache_dir
     from ...bench.runner import FINAL_SEED_OFFSET
-    from .common import _params_key
+    from .common import _params_key, final_grid_dir
 
     done = cells[cells.status == "done"] if "status" in cells else cells
     panels = []
     for method, c in sorted(done.groupby("method"), key=lambda kv: kv[0]):
         row = c.sort_values("seed").iloc[0]
         params = {k[6:]: row[k] for k in c.columns if k.startswith("param_") and pd.notna(row[k])}
-        folder = cache_dir("reward-final", task_cls.name, str(row.profile))
+        folder = final_grid_dir(task_cls.name, str(row.profile))
         pattern = f"{_params_key(params)}_seed{int(row.seed) + FINAL_SEED_OFFSET}_*.png"
         found = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
         if found:

@@ -243,6 +243,12 @@ def _digits(cond: Any, n: int, device) -> torch.Tensor:
     return c.expand(n) if c.numel() == 1 else c
 
 
+def _class_logprob(logits: torch.Tensor, cond: Any) -> torch.Tensor:
+    """``log p(c | x)`` per image from a classifier's logits (``cond``: one digit or one per image)."""
+    logp = F.log_softmax(logits, dim=1)
+    return logp.gather(1, _digits(cond, len(logits), logp.device)[:, None])[:, 0]
+
+
 def _make_classifier_logprob(ctx: RewardContext) -> Reward:
     from ...bench.assets import sha256_file, verified_asset
     from .mnist_models import GUIDANCE_FILE, load_guidance_classifier
@@ -251,8 +257,7 @@ def _make_classifier_logprob(ctx: RewardContext) -> Reward:
     net = load_guidance_classifier(path).to(ctx.device)
 
     def fn(images: torch.Tensor, cond: Any) -> torch.Tensor:
-        logp = F.log_softmax(net(images.float()), dim=1)
-        return logp.gather(1, _digits(cond, len(images), logp.device)[:, None])[:, 0]
+        return _class_logprob(net(images.float()), cond)
 
     sha = sha256_file(path or verified_asset(GUIDANCE_FILE))
     return Reward("classifier-logprob", fn, "log p(c | x) under the MNIST guidance classifier", sha[:16])
@@ -267,8 +272,7 @@ def _make_feature_net_logprob(ctx: RewardContext) -> Reward:
     net = load_feature_net(path).to(ctx.device)
 
     def fn(images: torch.Tensor, cond: Any) -> torch.Tensor:
-        logp = F.log_softmax(feature_net_logits(net, images), dim=1)
-        return logp.gather(1, _digits(cond, len(images), logp.device)[:, None])[:, 0]
+        return _class_logprob(feature_net_logits(net, images), cond)
 
     sha = sha256_file(path or verified_asset(WEIGHTS_FILE))
     return Reward("feature-net-logprob", fn, "log p(c | x) under the metrics' MNIST feature network", sha[:16])

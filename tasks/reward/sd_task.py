@@ -242,6 +242,7 @@ class RewardSdTask(RewardTask):
         if cfg.fid_backend not in ("auto", "inception", "mnist-net"):
             raise DiffhpoError(f"task {self.name!r}: fid_backend must be auto, inception or mnist-net")
         self._prompts = prompts
+        self._references: dict = {}  # (seed, n) -> the un-guided reference images (_reference)
         self._check_common()
 
     @property
@@ -346,10 +347,6 @@ class RewardSdTask(RewardTask):
         with torch.no_grad():
             r2 = torch.cat([self._r2(x[i : i + 16], cond).float().cpu() for i in range(0, len(x), 16)])
         return r1.astype(np.float64), r2.double().numpy()
-
-    @functools.cached_property
-    def _references(self) -> dict:
-        return {}
 
     def _reference(self, seed: int, n: int):
         """The un-guided model's images for the same prompts and seeds (uint8), cached."""
