@@ -8,21 +8,8 @@ search over the task's ``w`` grid in a seeded order, the same protocol as ``grid
 lambda, on the same budget. Tasks without that variant skip this method.
 """
 
-import math
-
-import optuna
-
-from .base import Method, MethodContext, best_params
-from .seeding import TrialSeeded
-
-
-def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:
-    return TrialSeeded(optuna.samplers.GridSampler(dict(ctx.grid), seed=ctx.seed), ctx.seed)
-
-
-def grid_size(ctx: MethodContext) -> int:
-    return math.prod(len(v) for v in ctx.grid.values())
-
+from .base import Method, best_params
+from .grid import grid_size, make_sampler  # the same protocol as grid search, over the w grid
 
 METHOD = Method(
     "weighted sum: guidance with r2 + w * r1 at a fixed lambda, grid search over w (reward tasks)",
