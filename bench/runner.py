@@ -186,7 +186,10 @@ def prepare_cell(
             f"study {name!r} already exists in this storage with other task settings; "
             "use another --out or --storage, or the same --option values as before"
         )
-    for key, value in attrs.items():
+    # Each attribute is its own commit: the cell mark goes last, so a process killed while
+    # describing the study leaves it unmarked, and the next run completes the description
+    # instead of comparing against a half-written one.
+    for key, value in sorted(attrs.items(), key=lambda kv: kv[0] == st.CELL_MARK):
         if old.get(key) != value:
             study.set_user_attr(key, value)
     return Cell(study=study, task=task, method_name=method_name, method=method, ctx=ctx, sampler=sampler,

@@ -197,3 +197,27 @@ def test_default_sqlite_storage_is_write_ahead_logged(tmp_path):
         assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 2
     finally:
         con.close()
+
+
+def test_a_cell_killed_while_being_described_is_completed_on_rerun(tmp_path, monkeypatch):
+    """A kill between two of the study's attribute commits must not block the rerun."""
+    calls = []
+    real = optuna.study.Study.set_user_attr
+
+    def dies_on_third(self, key, value):
+        calls.append(key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process stops here, two attributes written
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(spec(tmp_path), log=lambda s: None)
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", real)
+    assert st.CELL_MARK not in calls  # the mark is written last
+    run_matrix(spec(tmp_path), log=lambda s: None)
+    _, cells = collect(storage_of(tmp_path))
+    assert list(cells.status) == ["done"]
+    # other settings on a fully described cell are still refused
+    with pytest.raises(Exception, match="other task settings"):
+        run_matrix(spec(tmp_path, task_options={"n_groups": "4"}), log=lambda s: None)
