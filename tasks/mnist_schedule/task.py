@@ -32,8 +32,11 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     q_tau=4 +643, q_eps=0.04 -30. Schedules differ by up to 8 seed-stds, but the networks
     are under-trained (IS about 1.1, blob-like samples), and the 45-minute target for the
     whole ``--method all`` matrix is not met yet: 49 min 24 s on an idle 2-core machine
-    (seed 0; 86 minutes on a shared one with one thread). One black-box cell (4
-    trainings and the final re-evaluation) takes about 9 minutes.
+    (seed 0; 86 minutes on a shared one with one thread), 55 min 25 s on another idle
+    2-core machine (seed 0, ``diffhpo run --task mnist-schedule --method all``; final FID
+    default 946, tpe 943, botorch 999, bilevel 1059, random 1136, grid 1217: the spread
+    between methods is about that between seeds). One black-box cell (4 trainings and the
+    final re-evaluation) takes 9 to 10 minutes.
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
