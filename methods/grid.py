@@ -9,8 +9,21 @@ from .base import Method, MethodContext, best_params
 from .seeding import TrialSeeded
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, except at the end of the grid.
+
+    ``GridSampler.after_trial`` calls ``study.stop()`` once every grid point has been
+    visited, and ``Study.stop`` raises outside ``study.optimize``. The runner asks and tells
+    trials itself and ends the search at ``max_trials`` (the grid's size), so the end of
+    the grid needs no stop here.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:
-    return TrialSeeded(optuna.samplers.GridSampler(dict(ctx.grid), seed=ctx.seed), ctx.seed)
+    return TrialSeeded(_GridSampler(dict(ctx.grid), seed=ctx.seed), ctx.seed)
 
 
 def grid_size(ctx: MethodContext) -> int:
