@@ -151,3 +151,17 @@ def test_oracle_is_the_bank_penalty_derivative_and_charges_the_bank_once(task):
     assert far.metrics["alignment"] == pytest.approx(bank.r1.mean(), rel=1e-6)
     assert task.bank(1).key != bank.key  # each seed its own bank
     assert math.isfinite(r0.info["ess"]) and 1 <= r0.info["ess"] <= task.config.bank_size
+
+
+@pytest.mark.parametrize("name", ["reward-mnist", "reward-sd"])
+def test_every_profile_leaves_the_bilevel_method_room_inside_the_budget(name):
+    """Equal budget: the bank the bilevel oracle charges on its first iteration, plus at least
+    ten outer iterations, fits in the budget every other method gets (quick used to charge a
+    bank of 6.25 units against a budget of 5). smoke, for tests in seconds, needs two."""
+    cls = TASKS.get(name)
+    for profile, cfg in cls.profiles.items():
+        k = len(cfg.digits) if name == "reward-mnist" else len(cfg.prompts)
+        bank_images = cfg.bank_size * (1 if name == "reward-mnist" else k)  # MNIST: one unconditional bank
+        bank = bank_mod.bank_cost(bank_images, cfg.n_samples * k, cfg.grad_through)
+        iterations = 2 if profile == "smoke" else 10
+        assert bank + iterations * cfg.oracle_cost <= cfg.budget, (profile, bank, cfg.budget)

@@ -49,7 +49,11 @@ class RewardMnistConfig:
     steps: int = 25  # DDIM steps
     n_samples: int = 32  # images per digit in a search-time guided run (the cost unit)
     n_final: int = 100  # images per digit in the final protocol
-    bank_size: int = 600  # un-guided images in the bilevel oracle's bank
+    # un-guided images in the bilevel oracle's bank. Charged bank_size / (n_samples x digits)
+    # units (bank.py): 384 / 96 = 4 of the quick budget of 5, leaving 1 unit for outer
+    # iterations (20 at oracle_cost 0.05). 600 images cost 6.25 units, more than the budget,
+    # and the bilevel cell overspent it (measured: one iteration, 6.35 units).
+    bank_size: int = 384
     bank_cache: bool = True
     batch_size: int = 96
     lam_low: float = 0.01
@@ -57,7 +61,7 @@ class RewardMnistConfig:
     ws_lambda: float = 1.0  # the weighted-sum baseline's fixed lambda
     w_low: float = 0.01
     w_high: float = 100.0
-    oracle_cost: float = 0.1  # cost units charged per bilevel outer iteration
+    oracle_cost: float = 0.05  # cost units charged per bilevel outer iteration
     budget: float = 5.0
 
 
