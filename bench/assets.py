@@ -288,11 +288,12 @@ register_asset(
 )
 
 
-def build_asset(name: str, out_dir: str | Path | None = None, seed: int = 0, log=None) -> dict:
-    """Run the builder of ``name`` (default output: the shipped ``assets/``)."""
+def build_asset(name: str, out_dir: str | Path | None = None, seed: int = 0, log=None, **options) -> dict:
+    """Run the builder of ``name`` (default output: the shipped ``assets/``); ``options`` go to
+    the builder as keyword arguments."""
     if name not in ASSETS:
         raise DiffhpoError(f"unknown asset {name!r}; valid: {', '.join(ASSETS)}")
-    return ASSETS[name].build(Path(out_dir) if out_dir is not None else ASSETS_DIR, seed=seed, log=log)
+    return ASSETS[name].build(Path(out_dir) if out_dir is not None else ASSETS_DIR, seed=seed, log=log, **options)
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: python -m diffhpo.bench.assets NAME

@@ -20,11 +20,20 @@ def assets_group():
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Folder to write the weights and their .json record into (default: the shipped {ASSETS_DIR}).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, batches, augmentation.")
-def build(name, out, seed):
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="mnist-ddpm only: optimiser steps (default: those of the shipped weights, see their record).")
+@click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="mnist-ddpm only: folder for the training state, written after every evaluation; a build "
+                   "with the same settings resumes from it (an interrupted build loses little).")
+def build(name, out, seed, steps, checkpoints):
     """Train asset NAME on the CPU and write NAME's weights and training record."""
     from .assets import build_asset
+    from .errors import DiffhpoError
 
-    record = build_asset(name, out, seed=seed, log=lambda line: click.echo(line, err=True))
+    options = {k: v for k, v in (("steps", steps), ("checkpoint_dir", checkpoints)) if v is not None}
+    if options and name != "mnist-ddpm":
+        raise DiffhpoError(f"--steps and --checkpoints apply to mnist-ddpm only, not {name!r}")
+    record = build_asset(name, out, seed=seed, log=lambda line: click.echo(line, err=True), **options)
     summary = {k: v for k, v in record.items() if k != "history"}
     click.echo(json.dumps(summary, indent=2))
 

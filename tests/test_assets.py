@@ -74,3 +74,12 @@ def test_cli_assets_verify(capsys):
     main(["assets", "verify", "feature-net"])
     out = capsys.readouterr().out
     assert out.startswith("ok") and "feature-net" in out and len(out.splitlines()) == 1
+
+
+def test_cli_assets_build_refuses_ddpm_options_for_other_assets(capsys, tmp_path):
+    from diffhpo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["assets", "build", "feature-net", "--steps", "3", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "mnist-ddpm only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing was trained

@@ -12,6 +12,8 @@ from diffhpo.tasks.base import OracleContext
 from diffhpo.tasks.mnist_schedule import MnistScheduleTask
 from diffhpo.tasks.mnist_schedule.schedules import PARAM_NAMES
 
+pytestmark = pytest.mark.usefixtures("session_cache")  # kept trainings and samples stay off ~/.cache
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

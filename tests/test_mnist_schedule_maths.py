@@ -15,6 +15,8 @@ from diffhpo.tasks.mnist_schedule.sampling import (
     ddim_chain, ddim_scheduler, initial_noise, reference_cosine_scheduler, sample,
 )
 
+pytestmark = pytest.mark.usefixtures("session_cache")  # kept trainings and samples stay off ~/.cache
+
 COSINE_DEFAULT = (0.0, 1.0, 1.0, 0.008)
 
 
@@ -192,7 +194,7 @@ def test_task_declarations():
         MnistScheduleTask("smoke", schedule="linear")
 
 
-def test_final_protocol_reuses_the_kept_training_and_gets_the_same_metrics(monkeypatch):
+def test_final_protocol_reuses_the_kept_training_and_gets_the_same_metrics(monkeypatch, fresh_cache):
     """A search-time training is kept; the final evaluation of the same schedule and seed
     loads it instead of training again, and its metrics equal those of a fresh training."""
     from diffhpo.tasks.mnist_schedule import task as task_mod

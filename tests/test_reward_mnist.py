@@ -82,6 +82,27 @@ def test_builders_are_seeded_and_write_verifiable_records(tmp_path):
     assert [h["step"] for h in d["history"]] == [2, 4]
     assert d["unet_config"] == mm.UNET_CONFIG and d["steps"] == 4
     assert assets.verified_asset(mm.DDPM_FILE, tmp_path / "d")
+    assert d["command"].startswith("build_mnist_ddpm(") and d["resumed"] is False
+
+
+def test_an_interrupted_ddpm_build_resumes_to_the_same_weights(tmp_path):
+    """With a checkpoint folder, a build stopped after its first evaluation resumes there and
+    ends with the weights of an uninterrupted build."""
+    kw = dict(seed=2, steps=4, train_images=128, eval_every=2, eval_samples=4, eval_steps=2)
+    whole = mm.build_mnist_ddpm(tmp_path / "whole", **kw)
+
+    def stop(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mm.build_mnist_ddpm(tmp_path / "cut", checkpoint_dir=tmp_path / "ckpt", log=stop, **kw)
+    assert not (tmp_path / "cut" / mm.DDPM_FILE).exists() and len(list((tmp_path / "ckpt").iterdir())) == 1
+    lines = []
+    cut = mm.build_mnist_ddpm(tmp_path / "cut", checkpoint_dir=tmp_path / "ckpt", log=lines.append, **kw)
+    assert lines[0].startswith("resumed from") and "at step 2/4" in lines[0] and cut["resumed"] is True
+    assert cut["sha256"] == whole["sha256"]
+    assert [h["step"] for h in cut["history"]] == [2, 4]
+    assert [h["confident_fraction"] for h in cut["history"]] == [h["confident_fraction"] for h in whole["history"]]
     assert not torch.are_deterministic_algorithms_enabled()
     assert {"mnist-ddpm", "guidance-classifier"} <= set(assets.ASSETS)
 

@@ -211,6 +211,7 @@ def build_mnist_ddpm(
     eval_every: int = DDPM_EVAL_EVERY,
     eval_samples: int = DDPM_EVAL_SAMPLES,
     eval_steps: int = SAMPLE_STEPS,
+    checkpoint_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train the unconditional MNIST DDPM on mnist5k's train split and save the EMA weights
@@ -221,8 +222,14 @@ def build_mnist_ddpm(
     loss ``|| eps_theta(x_t, t) - eps ||^2``. Every ``eval_every`` steps the EMA model draws
     ``eval_samples`` images (DDIM, :data:`SAMPLE_STEPS` steps, fixed noise) and the
     feature network measures the fraction classified with probability >= 0.9.
-    ``steps``, ``train_images`` and ``eval_steps`` exist for quick test builds; the shipped
-    weights use the defaults.
+    ``steps``, ``train_images`` and ``eval_steps`` exist for quick test builds and longer
+    trainings (``diffhpo assets build mnist-ddpm --steps N``); the record says which were used.
+
+    ``checkpoint_dir``: after every evaluation the whole training state (network, EMA,
+    optimiser, batch generator, epoch order, history) is written there, and a build with the
+    same settings resumes from it: an interrupted build loses at most ``eval_every`` steps,
+    and the resumed weights are bit-identical to an uninterrupted build's (same seed, torch
+    version and thread count). Hours of CPU training can so be spread over several runs.
     """
     import copy
 
@@ -243,6 +250,8 @@ def build_mnist_ddpm(
     T = train_sched.config.num_train_timesteps
     net = load_feature_net()
     history = []
+    ckpt = _DdpmCheckpoint(checkpoint_dir, seed=seed, steps=steps, train_images=len(data),
+                           eval_every=eval_every, eval_samples=eval_samples, eval_steps=eval_steps)
     with _deterministic(seed) as gen:
         unet = build_unet()
         ema = copy.deepcopy(unet).requires_grad_(False).eval()
@@ -250,7 +259,17 @@ def build_mnist_ddpm(
         per_epoch = max(1, len(data) // DDPM_BATCH)
         order = None
         running = 0.0
-        for step in range(steps):
+        start, spent = 0, 0.0
+        state = ckpt.load()
+        if state is not None:
+            unet.load_state_dict(state["unet"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            order, history, start, spent = state["order"], state["history"], state["step"], state["elapsed_s"]
+            started -= spent
+            log(f"resumed from {ckpt.path} at step {start}/{steps}")
+        for step in range(start, steps):
             epoch, j = divmod(step, per_epoch)
             if j == 0:
                 order = torch.randperm(len(data), generator=gen)
@@ -281,10 +300,14 @@ def build_mnist_ddpm(
                          "elapsed_s": round(time.perf_counter() - started, 1)}
                 history.append(entry)
                 running = 0.0
+                ckpt.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                           "gen": gen.get_state(), "order": order, "history": history, "step": step + 1,
+                           "elapsed_s": entry["elapsed_s"]})
                 log(f"step {step + 1}/{steps}: loss {entry['train_loss']:.4f}, "
                     f"confident {quality['confident_fraction']:.3f}, digits {quality['digit_counts']}, "
                     f"{entry['elapsed_s']:.0f} s")
-    default_run = steps == DDPM_STEPS and train_images is None and eval_steps == SAMPLE_STEPS
+    default_run = train_images is None and eval_steps == SAMPLE_STEPS
+    steps_flag = "" if steps == DDPM_STEPS else f" --steps {steps}"
     record = {
         "asset": "mnist-ddpm",
         "description": "unconditional MNIST DDPM (epsilon prediction), the pre-trained model of reward-mnist",
@@ -305,10 +328,44 @@ def build_mnist_ddpm(
                          f">= {CONFIDENCE} by the feature network",
         "history": history,
         "wall_time_s": round(time.perf_counter() - started, 1),
-        "command": f"diffhpo assets build mnist-ddpm --seed {seed}" if default_run
+        "resumed": ckpt.resumed,
+        "command": f"diffhpo assets build mnist-ddpm --seed {seed}{steps_flag}" if default_run
         else f"build_mnist_ddpm(seed={seed}, steps={steps}, train_images={train_images}, eval_steps={eval_steps})",
     }
     return save_asset(ema.state_dict(), out_dir, DDPM_FILE, record)
+
+
+class _DdpmCheckpoint:
+    """The training state of one DDPM build in ``folder`` (or nowhere when ``folder`` is
+    None), under a name made of every setting the weights depend on."""
+
+    def __init__(self, folder: str | Path | None, **settings) -> None:
+        import hashlib
+        import json
+
+        self.resumed = False
+        self.path = None
+        if folder is not None:
+            blob = json.dumps({**settings, "unet": UNET_CONFIG, "scheduler": SCHEDULER_CONFIG, "batch": DDPM_BATCH,
+                               "lr": DDPM_LR, "warmup": DDPM_WARMUP, "ema": DDPM_EMA, "torch": torch.__version__,
+                               "threads": torch.get_num_threads()}, sort_keys=True)
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.path = Path(folder) / f"mnist_ddpm_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.ckpt"
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        self.resumed = True
+        return torch.load(self.path, weights_only=True)
+
+    def save(self, state: dict) -> None:
+        import os
+
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
 
 
 # --- the guidance classifier --------------------------------------------------------------
