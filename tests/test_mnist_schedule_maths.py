@@ -193,27 +193,3 @@ def test_task_declarations():
     with pytest.raises(DiffhpoError):
         MnistScheduleTask("smoke", schedule="linear")
 
-
-def test_final_protocol_reuses_the_kept_training_and_gets_the_same_metrics(monkeypatch, fresh_cache):
-    """A search-time training is kept; the final evaluation of the same schedule and seed
-    loads it instead of training again, and its metrics equal those of a fresh training."""
-    from diffhpo.tasks.mnist_schedule import task as task_mod
-
-    task = MnistScheduleTask("smoke")
-    params = task.default_params()
-    fresh = task.evaluate(params, seed=3, final=True)  # nothing kept yet: trains (and keeps)
-    calls = []
-    real = task.train_full
-    monkeypatch.setattr(task, "train_full", lambda *a, **k: calls.append(a) or real(*a, **k))
-    assert task.evaluate(params, seed=3, final=True) == fresh and calls == []
-    other = dict(params, q_e=0.9)
-    task.evaluate(other, seed=3, final=True)  # another schedule is trained
-    assert len(calls) == 1
-    task.evaluate(params, seed=4)  # another seed too, and a search never reads the store
-    task.evaluate(params, seed=3)
-    assert len(calls) == 3
-    # another training setting is another key
-    longer = MnistScheduleTask("smoke", epochs=0.05)
-    assert task_mod.trained_key(longer, params, 3) != task_mod.trained_key(task, params, 3)
-    assert task_mod.trained_key(MnistScheduleTask("smoke", final_samples=32), params, 3) == \
-        task_mod.trained_key(task, params, 3)

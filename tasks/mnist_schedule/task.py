@@ -296,23 +296,10 @@ class MnistScheduleTask(Task):
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
-        """One full training under the schedule of ``params``, then sampling and the metrics.
-
-        Every search-time training is kept (:func:`save_trained`), and the final protocol
-        (``final=True``) reuses the kept network of the same schedule, seed and training
-        settings instead of training it again: training is deterministic on a CPU for a
-        seed (the same weights would come out), so only time is saved (about one training
-        per black-box cell). The search itself never reads the store, so every trial
-        costs and takes one training whatever ran before it.
-        """
+        """One full training under the schedule of ``params``, then sampling and the metrics."""
         with self._threads():
             sched = self.schedule_of(params)
-            kept = load_trained(self, params, seed) if final else None
-            if kept is not None:
-                net, loss = kept
-            else:
-                net, loss = self.train_full(sched, seed)
-                save_trained(self, params, seed, net, loss)
+            net, loss = self.train_full(sched, seed)
             n = self.config.final_samples if final else self.config.search_samples
             images = self.generate(net, sched, n, self.noise_seed(seed))
             out = self.fidelity(images, seed)
@@ -348,54 +335,6 @@ class MnistScheduleTask(Task):
                          sort_keys=True, default=str)
         return (f"{self.profile}-{hashlib.sha256(p.encode()).hexdigest()[:16]}-s{int(seed)}-"
                 f"{hashlib.sha256(cfg.encode()).hexdigest()[:12]}")
-
-
-# -- trained networks ---------------------------------------------------------------------------
-#: Settings a full training does not depend on (left out of the key of a kept network).
-_NOT_TRAINING = ("budget", "search_samples", "final_samples", "sample_batch", "sample_steps", "reference")
-
-
-def trained_key(task: MnistScheduleTask, params: Mapping[str, Any], seed: int) -> str:
-    """Key of one full training: schedule parameters (exact), seed, the training settings
-    and the torch version."""
-    cfg = {k: v for k, v in dataclasses.asdict(task.config).items()
-           if k not in _NOT_TRAINING and not k.startswith("bl_")}
-    blob = json.dumps({"params": {n: float(params[n]).hex() for n in S.PARAM_NAMES}, "seed": int(seed),
-                       "config": cfg, "torch": torch.__version__}, sort_keys=True, default=str)
-    return f"{task.profile}-s{int(seed)}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
-
-
-def trained_dir() -> Path:
-    from ...bench.cache import cache_dir
-
-    return cache_dir("mnist-schedule", "trained")
-
-
-def save_trained(task: MnistScheduleTask, params: Mapping[str, Any], seed: int, net: torch.nn.Module,
-                 loss: float) -> Path:
-    """Keep a trained network (its weights and final loss) under ``<cache>/mnist-schedule/trained``
-    (atomic write: concurrent workers never read half a file)."""
-    import os
-
-    path = trained_dir() / f"{trained_key(task, params, seed)}.pt"
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    torch.save({"state_dict": net.state_dict(), "loss": float(loss)}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_trained(task: MnistScheduleTask, params: Mapping[str, Any], seed: int) -> tuple[torch.nn.Module, float] | None:
-    """The kept network of this training, or None (not kept, or unreadable)."""
-    path = trained_dir() / f"{trained_key(task, params, seed)}.pt"
-    if not path.exists():
-        return None
-    try:
-        record = torch.load(path, weights_only=True)
-        net = tr.build_unet(task.unet_spec, seed)
-        net.load_state_dict(record["state_dict"])
-    except Exception:  # a damaged file: train again
-        return None
-    return net.eval(), float(record["loss"])
 
 
 def samples_dir() -> Path:
