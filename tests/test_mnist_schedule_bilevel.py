@@ -12,7 +12,7 @@ from diffhpo.tasks.base import OracleContext
 from diffhpo.tasks.mnist_schedule import MnistScheduleTask
 from diffhpo.tasks.mnist_schedule.schedules import PARAM_NAMES
 
-pytestmark = pytest.mark.usefixtures("session_cache")  # kept trainings and samples stay off ~/.cache
+pytestmark = pytest.mark.usefixtures("session_cache")  # saved final samples stay off ~/.cache
 
 
 @pytest.fixture(autouse=True)

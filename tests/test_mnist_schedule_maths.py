@@ -15,7 +15,7 @@ from diffhpo.tasks.mnist_schedule.sampling import (
     ddim_chain, ddim_scheduler, initial_noise, reference_cosine_scheduler, sample,
 )
 
-pytestmark = pytest.mark.usefixtures("session_cache")  # kept trainings and samples stay off ~/.cache
+pytestmark = pytest.mark.usefixtures("session_cache")  # saved final samples stay off ~/.cache
 
 COSINE_DEFAULT = (0.0, 1.0, 1.0, 0.008)
 
