@@ -112,9 +112,10 @@ SMOKE = MnistScheduleConfig(
     sample_batch=16, bl_warmup=0.5, bl_inner_steps=1, bl_zo_directions=1, bl_zo_samples=8, bl_qgrad_batch=8,
     bl_upper_batch=4, budget=2.0,
 )
-# every core: 1.3x faster per step on an idle 2-core machine. 3 epochs (375 steps): with 4 the
-# --method all matrix took 49 to 55 min, over its 45-minute target (see the docstring).
-QUICK = MnistScheduleConfig(threads=0, epochs=3.0)
+# every core: 1.3x faster per step on an idle 2-core machine. 2.5 epochs (313 steps): with 4
+# the --method all matrix took 49 to 55 min, and with 3 the first cell alone projected 47 min,
+# over the 45-minute target (see the docstring).
+QUICK = MnistScheduleConfig(threads=0, epochs=2.5)
 PAPER = MnistScheduleConfig(
     dataset="mnist", unet_channels=(32, 64, 64), unet_attention=(False, False, True),
     unet_layers_per_block=1, unet_norm_groups=16, epochs=100.0, batch_size=128, lr=1e-3,
