@@ -67,7 +67,8 @@ def test_quick_profile_costs_a_fraction_of_a_training():
     loop = SingleLoop(MnistScheduleTask("quick"))
     later = sum(loop.iteration_work(first=False).values()) / loop.unit_work()
     first = sum(loop.iteration_work(first=True).values()) / loop.unit_work()
-    assert 0.1 < later < 0.5 and first == pytest.approx(later + 3 * (250 * 32 + 256) / loop.unit_work())
+    assert loop.warmup_steps() == round(0.5 * loop.task.train_steps)
+    assert 0.1 < later < 0.5 and first == pytest.approx(later + 3 * (loop.warmup_steps() * 32 + 256) / loop.unit_work())
 
 
 def test_smoke_matrix_every_method(tmp_path):
