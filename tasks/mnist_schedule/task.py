@@ -24,19 +24,25 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     steps, budget 2: every method in seconds (tests, CI). Its FIDs are meaningless.
 ``quick``
     the embedded default for 2 CPU cores (mnist5k, 4,000 training images): see
-    :data:`QUICK` for the sizes (500 training steps of 32 images, 256 search and 1,000
-    final samples, 10 DDIM steps, budget 4 trainings). Measured on an idle 2-core machine
-    (``benchmarks/mnist_schedule_landscape.py --profile quick --seeds 3``): one
-    evaluation 83-110 s; FID at the default schedule over 3 seeds 934 / 1078 / 945 (std
-    80); moving one parameter to the far end of its range: q_s=0.4 -247, q_e=0.8 +663,
-    q_tau=4 +643, q_eps=0.04 -30. Schedules differ by up to 8 seed-stds, but the networks
-    are under-trained (IS about 1.1, blob-like samples), and the 45-minute target for the
-    whole ``--method all`` matrix is not met yet: 49 min 24 s on an idle 2-core machine
-    (seed 0; 86 minutes on a shared one with one thread), 55 min 25 s on another idle
-    2-core machine (seed 0, ``diffhpo run --task mnist-schedule --method all``; final FID
-    default 946, tpe 943, botorch 999, bilevel 1059, random 1136, grid 1217: the spread
-    between methods is about that between seeds). One black-box cell (4 trainings and the
-    final re-evaluation) takes 9 to 10 minutes.
+    :data:`QUICK` for the sizes (313 training steps of 32 images = 2.5 epochs, 256 search
+    and 1,000 final samples, 10 DDIM steps, budget 4 trainings). Measured on an idle
+    2-core machine, seed 0:
+
+    * ``diffhpo run --task mnist-schedule --method all``: **39 min 26 s** (target 45).
+      Final FID (seed 1000 training, 1,000 samples): default 1255, botorch 1416, tpe 1454,
+      bilevel 1480 (8 outer iterations, cost 4.01), random 1537, grid 1605; IS 1.00 to
+      1.04 everywhere. One black-box cell takes 7 to 8 minutes.
+    * ``benchmarks/mnist_schedule_landscape.py --profile quick --seeds 3``: one evaluation
+      79-95 s; FID at the default schedule over 3 seeds 1150 / 1370 / 1423 (std 145);
+      moving one parameter to the far end of its range: q_s=0.4 -274, q_e=0.8 +511,
+      q_tau=4 +608, q_eps=0.04 -115. Schedules differ by at most about 4 seed-stds, and
+      the networks are badly under-trained (IS about 1, blob-like samples): the landscape
+      is too noisy for the methods to be told apart on one seed.
+
+    The two targets of this profile conflict on 2 CPU cores: with 4 epochs (500 steps) the
+    landscape was better (seed std 80, schedule moves up to +663, 8 stds) but the matrix
+    took 49 min 24 s and 55 min 25 s on two idle machines; with 3 epochs the first cell
+    projected 47 min.
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
