@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def cache_dir(*parts: str) -> Path:
@@ -14,4 +15,16 @@ def cache_dir(*parts: str) -> Path:
     root = Path(os.environ.get("DIFFHPO_CACHE", Path.home() / ".cache" / "diffhpo"))
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a reader (another
+    worker, a resumed run) never sees a half-written file."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
     return path

@@ -192,4 +192,3 @@ def test_task_declarations():
 
     with pytest.raises(DiffhpoError):
         MnistScheduleTask("smoke", schedule="linear")
-

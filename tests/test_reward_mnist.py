@@ -83,6 +83,8 @@ def test_builders_are_seeded_and_write_verifiable_records(tmp_path):
     assert d["unet_config"] == mm.UNET_CONFIG and d["steps"] == 4
     assert assets.verified_asset(mm.DDPM_FILE, tmp_path / "d")
     assert d["command"].startswith("build_mnist_ddpm(") and d["resumed"] is False
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert {"mnist-ddpm", "guidance-classifier"} <= set(assets.ASSETS)
 
 
 def test_an_interrupted_ddpm_build_resumes_to_the_same_weights(tmp_path):
@@ -103,8 +105,6 @@ def test_an_interrupted_ddpm_build_resumes_to_the_same_weights(tmp_path):
     assert cut["sha256"] == whole["sha256"]
     assert [h["step"] for h in cut["history"]] == [2, 4]
     assert [h["confident_fraction"] for h in cut["history"]] == [h["confident_fraction"] for h in whole["history"]]
-    assert not torch.are_deterministic_algorithms_enabled()
-    assert {"mnist-ddpm", "guidance-classifier"} <= set(assets.ASSETS)
 
 
 # --- the task ------------------------------------------------------------------------------------

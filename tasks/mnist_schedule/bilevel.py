@@ -92,7 +92,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -101,6 +100,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
+from ...bench.cache import torch_save_atomic
 from ...methods.seeding import derive_seed
 from ...methods.zeroth_order import gaussian_directions, two_point_estimate
 from ..base import OracleContext, OracleResult
@@ -182,10 +182,7 @@ class SingleLoop:
         return state
 
     def _save(self, folder: Path, k: int, state: dict[str, Any]) -> None:
-        path = self._path(folder, k)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(state, self._path(folder, k))
         old = self._path(folder, k - 2)  # keep the last two: k-1 lets iteration k be rerun
         if old.exists():
             old.unlink()

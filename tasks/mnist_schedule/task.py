@@ -353,16 +353,12 @@ def samples_dir() -> Path:
 def save_final_samples(task: MnistScheduleTask, params: Mapping[str, Any], seed: int, images: torch.Tensor) -> Path:
     """Keep the first 64 final-protocol samples (uint8) with the task settings, for the
     sample grids of the report (under ``<cache>/mnist-schedule/final-samples``)."""
-    import os
+    from ...bench.cache import torch_save_atomic
 
-    path = samples_dir() / f"{task.sample_key(params, seed)}.pt"
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
     record = {"images": images.clone(), "profile": task.profile, "seed": int(seed),
               "params": {n: float(params[n]) for n in S.PARAM_NAMES},
               "config": json.loads(json.dumps(dataclasses.asdict(task.config), default=str))}
-    torch.save(record, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save_atomic(record, samples_dir() / f"{task.sample_key(params, seed)}.pt")
 
 
 def find_final_samples(profile: str, params: Mapping[str, Any], seed: int) -> dict | None:

@@ -359,13 +359,10 @@ class _DdpmCheckpoint:
         return torch.load(self.path, weights_only=True)
 
     def save(self, state: dict) -> None:
-        import os
+        from ...bench.cache import torch_save_atomic
 
-        if self.path is None:
-            return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        if self.path is not None:
+            torch_save_atomic(state, self.path)
 
 
 # --- the guidance classifier --------------------------------------------------------------
