@@ -174,6 +174,27 @@ def test_same_seed_same_training_and_metrics():
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
 
 
+def test_a_smaller_image_size_trains_small_and_measures_at_28():
+    """``image_size=16``: the network trains on area-downsampled images and samples at 16 x 16;
+    the metrics see bilinear-upsampled 28 x 28 images, like their reference."""
+    from diffhpo.bench.errors import DiffhpoError
+
+    task = MnistScheduleTask("smoke", image_size=16)
+    data = task.train_data()
+    assert data.shape[1:] == (1, 16, 16) and float(data.min()) >= -1 and float(data.max()) <= 1
+    full = MnistScheduleTask("smoke").train_data()
+    assert abs(float(data.mean()) - float(full.mean())) < 0.01  # area (box) downsampling: about the same mean ink
+    sched = task.schedule_of(task.default_params())
+    net, _ = task.train_full(sched, seed=0)
+    assert net.config.sample_size == 16
+    images = task.generate(net, sched, 5, noise_seed=1)
+    assert images.shape == (5, 1, 28, 28) and images.dtype == torch.uint8
+    assert math.isfinite(task.evaluate(task.default_params(), seed=0)["fid"])
+    for bad in (30, 18, 2):  # above 28, not a multiple of 4 (3-level UNet), too small
+        with pytest.raises(DiffhpoError, match="image_size"):
+            MnistScheduleTask("smoke", image_size=bad, unet_channels=(8, 16, 16), unet_attention=(False,) * 3)
+
+
 def test_task_declarations():
     task = MnistScheduleTask("quick")
     space = task.search_space()

@@ -251,9 +251,9 @@ class SingleLoop:
     def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
         """``f~``: diagonal Fréchet distance of features of a differentiable DDIM batch of ``net``."""
         n = int(self.task.config.bl_upper_batch)
-        noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k))
+        noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k), int(self.task.config.image_size))
         x = ddim_chain(net, ddim_scheduler(sched.betas, int(self.task.config.sample_steps)), noise)
-        feats = self.features(x)
+        feats = self.features(self.task.to_metric_size(x))
         mu_r, sd_r = self.reference_stats()
         sd = feats.std(0) if n > 1 else torch.zeros_like(mu_r)
         return ((feats.mean(0) - mu_r) ** 2).sum() + ((sd - sd_r) ** 2).sum()
@@ -262,7 +262,7 @@ class SingleLoop:
         """The scale ``w`` of the upper level in the penalised problem ``min_y w f~ + gamma g``.
 
         FID is in the hundreds and its weight gradient about 1e5 times the denoising loss's
-        (quick profile, end of warm-up: ``|grad f~| ~ 7e4``, ``|grad g| ~ 0.2``), so with
+        (quick profile at 28 x 28, end of warm-up: ``|grad f~| ~ 7e4``, ``|grad g| ~ 0.2``), so with
         ``w = 1`` the first steps of ``y`` follow ``f~`` alone and ``y`` stops being a
         denoiser (measured: its loss went from 0.06 to 1.5 in 20 steps), far outside the
         regime ``y ~ z + O(1/gamma)`` in which the penalty hypergradient is accurate. ``w``

@@ -27,7 +27,7 @@ import torch
 
 from .schedules import T_DEFAULT
 
-IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SIZE = 28  # MNIST's side; a profile may train and sample at a smaller one (``image_size``)
 
 
 def ddim_scheduler(betas: torch.Tensor, steps: int):
@@ -48,9 +48,9 @@ def ddim_scheduler(betas: torch.Tensor, steps: int):
     return sched
 
 
-def initial_noise(n: int, seed: int) -> torch.Tensor:
+def initial_noise(n: int, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
-    return torch.randn((int(n),) + IMAGE_SHAPE, generator=g)
+    return torch.randn((int(n), 1, int(size), int(size)), generator=g)
 
 
 def ddim_chain(model, scheduler, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +62,12 @@ def ddim_chain(model, scheduler, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, betas: torch.Tensor, n: int, steps: int, seed: int, batch_size: int = 250) -> torch.Tensor:
-    """``n`` images in [-1, 1] (float32, ``n x 1 x 28 x 28``) from noise seeded by ``seed``."""
+def sample(model, betas: torch.Tensor, n: int, steps: int, seed: int, batch_size: int = 250,
+           size: int = IMAGE_SIZE) -> torch.Tensor:
+    """``n`` images in [-1, 1] (float32, ``n x 1 x size x size``) from noise seeded by ``seed``."""
     was_training = model.training
     model.eval()
-    noise = initial_noise(n, seed)
+    noise = initial_noise(n, seed, size)
     out = []
     for i in range(0, int(n), int(batch_size)):
         sched = ddim_scheduler(betas, steps)

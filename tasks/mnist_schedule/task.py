@@ -23,26 +23,46 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
     a 2-level UNet of 8/16 channels, 6 training steps of 16 images, 16 samples of 3 DDIM
     steps, budget 2: every method in seconds (tests, CI). Its FIDs are meaningless.
 ``quick``
-    the embedded default for 2 CPU cores (mnist5k, 4,000 training images): see
-    :data:`QUICK` for the sizes (313 training steps of 32 images = 2.5 epochs, 256 search
-    and 1,000 final samples, 10 DDIM steps, budget 4 trainings). Measured on an idle
-    2-core machine, seed 0:
+    the embedded default for 2 CPU cores (mnist5k, 4,000 training images), see
+    :data:`QUICK`: the network trains and samples at 16 x 16 (area-downsampled images;
+    samples are upsampled to 28 x 28 for the metrics), an attention-free 3-level UNet of
+    16/32/32 channels, Adam at 1e-2, 875 steps of 32 images (7 epochs), 256 search and
+    1,000 final samples, 10 DDIM steps, budget 4 trainings. Measured on an idle 2-core
+    machine, seed 0:
 
-    * ``diffhpo run --task mnist-schedule --method all``: **39 min 26 s** (target 45).
-      Final FID (seed 1000 training, 1,000 samples): default 1255, botorch 1416, tpe 1454,
-      bilevel 1480 (8 outer iterations, cost 4.01), random 1537, grid 1605; IS 1.00 to
-      1.04 everywhere. One black-box cell takes 7 to 8 minutes.
-    * ``benchmarks/mnist_schedule_landscape.py --profile quick --seeds 3``: one evaluation
-      79-95 s; FID at the default schedule over 3 seeds 1150 / 1370 / 1423 (std 145);
-      moving one parameter to the far end of its range: q_s=0.4 -274, q_e=0.8 +511,
-      q_tau=4 +608, q_eps=0.04 -115. Schedules differ by at most about 4 seed-stds, and
-      the networks are badly under-trained (IS about 1, blob-like samples): the landscape
-      is too noisy for the methods to be told apart on one seed.
+    * ``diffhpo run --task mnist-schedule --method all``: **29 min 18 s** (target 45).
+      Final FID (seed 1000 training, 1,000 samples): botorch 137, tpe 141, random 170,
+      grid 185, bilevel 234 (22 outer iterations, cost 4.16), default 243. One
+      black-box cell takes about 6.5 minutes.
+    * ``benchmarks/mnist_schedule_landscape.py --profile quick --seeds 3 --paired``:
+      one evaluation 60 s. FID per schedule over seeds 0 / 1 / 2 (change from the default on
+      the same seed):
 
-    The two targets of this profile conflict on 2 CPU cores: with 4 epochs (500 steps) the
-    landscape was better (seed std 80, schedule moves up to +663, 8 stds) but the matrix
-    took 49 min 24 s and 55 min 25 s on two idle machines; with 3 epochs the first cell
-    projected 47 min.
+      =============  ===================  ======  ========================
+      schedule       FID                  std     paired change
+      =============  ===================  ======  ========================
+      default        380 / 186 / 242      100
+      q_s = 0.4      175 / 144 / 142      18      -206 / -42 / -99
+      q_e = 0.8      386 / 312 / 464      76      +5 / +127 / +223
+      q_tau = 4      155 / 134 / 134      12      -225 / -52 / -107
+      q_eps = 0.04   290 / 169 / 263      64      -90 / -17 / +21
+      =============  ===================  ======  ========================
+
+      On every seed the schedules span 178 to 330 FID (best q_tau = 4, worst q_e = 0.8),
+      and the good schedules are stable across seeds (std 12 to 18), so between schedules
+      FID differs by 10 to 20 times the seed spread there. The default cosine schedule is
+      itself the noisy point (std 100): it sits on a steep part of the landscape, and a
+      single seed can put it anywhere between the good and the bad schedules.
+    * Why 16 x 16: at 28 x 28 the same minute of training (313 steps) left blob-like
+      samples (FID 1150 to 1600, IS 1.0) and schedules differed by at most about 4
+      seed-stds; a 28 x 28 training at lr 1e-2 was no better (FID 1088 to 1681 over 3
+      seeds). At 16 x 16, 600 steps already gave digit-like strokes. In 5-epoch trainings
+      Adam at 2e-2 diverged on some seeds (FID 938 to 2034), 2e-3 learnt too slowly (561 to 801); an EMA of the
+      weights (0.995) changed nothing (392 / 187 / 249 against 380 / 186 / 242). The
+      spread between seeds comes from the training, not from the 256-sample FID: one
+      network sampled with 4 noise seeds gave 341 to 401 (seed 0) and 163 to 184 (seed 1).
+      The bilinear upsampling costs FID: training images downsampled and upsampled the
+      same way score 36 against the held-out set (256 images), the floor of this profile.
 ``paper``
     the paper's scale, for a GPU: full MNIST (``--option data_root=...``), a UNet of 1.1M
     parameters, 100 epochs per training (46,900 steps of 128), EMA, 100 DDIM steps,
@@ -68,7 +88,7 @@ from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult, Task
 from . import schedules as S
 from . import training as tr
-from .sampling import sample
+from .sampling import IMAGE_SIZE, sample
 
 SAMPLE_NOISE = 21  # derive_seed purpose tag of the generation noise
 
@@ -81,6 +101,7 @@ class MnistScheduleConfig:
     dataset: str = "mnist5k"  # mnist5k (offline) or mnist (full, needs the files)
     data_root: str = ""  # folder holding MNIST/raw for dataset=mnist ("" = the cache)
     reference: str = ""  # FID reference split ("" = <dataset>:heldout)
+    image_size: int = 28  # side the network is trained and sampled at (< 28: area-downsampled images)
     # network (diffusers UNet2DModel)
     unet_channels: tuple = (16, 32, 32)
     unet_attention: tuple = (False, False, True)
@@ -118,10 +139,9 @@ SMOKE = MnistScheduleConfig(
     sample_batch=16, bl_warmup=0.5, bl_inner_steps=1, bl_zo_directions=1, bl_zo_samples=8, bl_qgrad_batch=8,
     bl_upper_batch=4, budget=2.0,
 )
-# every core: 1.3x faster per step on an idle 2-core machine. 2.5 epochs (313 steps): with 4
-# the --method all matrix took 49 to 55 min, and with 3 the first cell alone projected 47 min,
-# over the 45-minute target (see the docstring).
-QUICK = MnistScheduleConfig(threads=0, epochs=2.5)
+# every core: 1.3x faster per step on an idle 2-core machine. 16 x 16 images, no attention and
+# Adam at 1e-2: digit-like samples within a minute of training (measurements in the docstring).
+QUICK = MnistScheduleConfig(threads=0, image_size=16, unet_attention=(False, False, False), lr=1e-2, epochs=7.0)
 PAPER = MnistScheduleConfig(
     dataset="mnist", unet_channels=(32, 64, 64), unet_attention=(False, False, True),
     unet_layers_per_block=1, unet_norm_groups=16, epochs=100.0, batch_size=128, lr=1e-3,
@@ -147,6 +167,10 @@ class MnistScheduleTask(Task):
             raise DiffhpoError(f"task {self.name!r}: lr_schedule must be cosine or constant")
         if cfg.dataset not in ("mnist5k", "mnist"):
             raise DiffhpoError(f"task {self.name!r}: dataset must be mnist5k or mnist")
+        halvings = 2 ** (len(tuple(cfg.unet_channels)) - 1)  # the UNet halves the side per level
+        if not 4 <= int(cfg.image_size) <= IMAGE_SIZE or int(cfg.image_size) % halvings:
+            raise DiffhpoError(f"task {self.name!r}: image_size must be at most {IMAGE_SIZE} and a multiple of "
+                               f"{halvings} (the UNet has {len(tuple(cfg.unet_channels))} levels)")
         if int(cfg.sample_steps) < 1 or int(cfg.search_samples) < 2 or int(cfg.final_samples) < 2:
             raise DiffhpoError(f"task {self.name!r}: sample_steps >= 1 and sample counts >= 2 are required")
         self._data: torch.Tensor | None = None
@@ -185,9 +209,12 @@ class MnistScheduleTask(Task):
         parameters, ``q_e`` and ``q_tau``; ``q_s`` and ``q_eps`` stay at their defaults.
 
         Influence was measured on the quick profile by moving one parameter at a time
-        from the default to the far end of its range (see the README section of this
-        task): ``q_e`` (terminal noise level) and ``q_tau`` (decay speed) move FID by far
-        the most; ``q_s`` and ``q_eps`` less. 9 grid points.
+        from the default to the far end of its range (``benchmarks/mnist_schedule_landscape.py
+        --paired``, 3 seeds, see the profile notes above): ``q_tau`` (decay speed, mean
+        paired change -128), ``q_e`` (terminal noise level, +118) and ``q_s`` (-116) move FID
+        about equally, ``q_eps`` least (-29). ``q_e`` and ``q_tau`` were chosen when the
+        quick profile trained at 28 x 28, where they moved FID most (+511 and +608 against
+        -274 for ``q_s``); at 16 x 16 ``q_s`` would do as well. 9 grid points.
         """
         d = self.default_params()
         grid = {n: [float(d[n])] for n in S.PARAM_NAMES}
@@ -208,7 +235,7 @@ class MnistScheduleTask(Task):
     def unet_spec(self) -> tr.UNetSpec:
         c = self.config
         return tr.UNetSpec(tuple(c.unet_channels), tuple(c.unet_attention), int(c.unet_layers_per_block),
-                           int(c.unet_norm_groups))
+                           int(c.unet_norm_groups), int(c.image_size))
 
     @property
     def optim_spec(self) -> tr.OptimSpec:
@@ -232,13 +259,26 @@ class MnistScheduleTask(Task):
         return self.config.data_root or None
 
     def train_data(self) -> torch.Tensor:
-        """Training images as float32 in [-1, 1] (loaded once)."""
+        """Training images as float32 in [-1, 1] at ``image_size`` (loaded once; a smaller
+        side than 28 is an area (box-filter) downsampling)."""
         if self._data is None:
             from ...bench.data import load_mnist
 
             images, _ = load_mnist(self.config.dataset, "train", self.data_root)
-            self._data = tr.to_unit_range(images)
+            data = tr.to_unit_range(images)
+            size = int(self.config.image_size)
+            if size != data.shape[-1]:
+                data = torch.nn.functional.interpolate(data, size=(size, size), mode="area")
+            self._data = data
         return self._data
+
+    def to_metric_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images at ``image_size`` to MNIST's 28 x 28, where the metrics and their
+        reference images live (bilinear, differentiable; the identity at 28)."""
+        if x.shape[-1] == IMAGE_SIZE:
+            return x
+        return torch.nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                               align_corners=False).clamp(-1.0, 1.0)
 
     @property
     def train_steps(self) -> int:
@@ -252,7 +292,7 @@ class MnistScheduleTask(Task):
     def _threads(self) -> Iterator[None]:
         """Run on ``threads`` torch threads (restored afterwards; 0: torch's default, every
         core). ``smoke`` uses one thread, ``quick`` every core: on an idle 2-core machine a
-        quick training step takes 196 ms on two threads against 258 ms on one (measured,
+        quick training step at 28 x 28 took 196 ms on two threads against 258 ms on one (measured,
         batch 32). On a *shared* 2-core machine two OpenMP threads that lose their core to
         another process wait for each other and a step took 10-30x longer (measured): there,
         pass ``--option threads=1``."""
@@ -282,12 +322,13 @@ class MnistScheduleTask(Task):
         return (ema.model if ema is not None else model), float(sum(tail) / len(tail))
 
     def generate(self, net: torch.nn.Module, sched: S.Schedule, n: int, noise_seed: int) -> torch.Tensor:
-        """``n`` uint8 images from ``net`` under ``sched`` (DDIM, the profile's steps)."""
+        """``n`` uint8 28 x 28 images from ``net`` under ``sched`` (DDIM, the profile's steps,
+        at ``image_size``, then :meth:`to_metric_size`)."""
         from ...bench.metrics import to_uint8
 
         images = sample(net, sched.betas, int(n), int(self.config.sample_steps), noise_seed,
-                        batch_size=int(self.config.sample_batch))
-        return to_uint8(images)
+                        batch_size=int(self.config.sample_batch), size=int(self.config.image_size))
+        return to_uint8(self.to_metric_size(images))
 
     def fidelity(self, images: torch.Tensor, seed: int) -> dict[str, float]:
         """FID, KID and IS of uint8 ``images`` against the reference (``mnist-net`` backend)."""

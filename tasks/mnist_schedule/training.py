@@ -40,12 +40,13 @@ INIT, EPOCH, STEP = 11, 12, 13
 
 @dataclass(frozen=True)
 class UNetSpec:
-    """Architecture of the ``UNet2DModel`` (28 x 28, one channel)."""
+    """Architecture of the ``UNet2DModel`` (one channel, ``sample_size`` pixels square)."""
 
     channels: tuple[int, ...] = (16, 32, 32)
     attention: tuple[bool, ...] = (False, False, True)  # per resolution level, down path
     layers_per_block: int = 1
     norm_num_groups: int = 8
+    sample_size: int = 28  # image side the network is trained and sampled at
 
 
 def build_unet(spec: UNetSpec, seed: int):
@@ -61,7 +62,7 @@ def build_unet(spec: UNetSpec, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, INIT))
         model = UNet2DModel(
-            sample_size=28, in_channels=1, out_channels=1, block_out_channels=channels,
+            sample_size=int(spec.sample_size), in_channels=1, out_channels=1, block_out_channels=channels,
             down_block_types=down, up_block_types=up, layers_per_block=int(spec.layers_per_block),
             norm_num_groups=int(spec.norm_num_groups), attention_head_dim=8,
         )
