@@ -57,8 +57,8 @@ Profiles (measured figures: ``benchmarks/mnist_schedule_landscape.py`` and the i
       samples (FID 1150 to 1600, IS 1.0) and schedules differed by at most about 4
       seed-stds; a 28 x 28 training at lr 1e-2 was no better (FID 1088 to 1681 over 3
       seeds). At 16 x 16, 600 steps already gave digit-like strokes. In 5-epoch trainings
-      Adam at 2e-2 diverged on some seeds (FID 938 to 2034), 2e-3 learnt too slowly (561 to 801); an EMA of the
-      weights (0.995) changed nothing (392 / 187 / 249 against 380 / 186 / 242). The
+      Adam at 2e-2 diverged on some seeds (FID 938 to 2034) and 2e-3 learnt too slowly
+      (561 to 801); an EMA of the weights (0.995) changed nothing (392 / 187 / 249 against 380 / 186 / 242). The
       spread between seeds comes from the training, not from the 256-sample FID: one
       network sampled with 4 noise seeds gave 341 to 401 (seed 0) and 163 to 184 (seed 1).
       The bilinear upsampling costs FID: training images downsampled and upsampled the
@@ -169,7 +169,7 @@ class MnistScheduleTask(Task):
             raise DiffhpoError(f"task {self.name!r}: dataset must be mnist5k or mnist")
         halvings = 2 ** (len(tuple(cfg.unet_channels)) - 1)  # the UNet halves the side per level
         if not 4 <= int(cfg.image_size) <= IMAGE_SIZE or int(cfg.image_size) % halvings:
-            raise DiffhpoError(f"task {self.name!r}: image_size must be at most {IMAGE_SIZE} and a multiple of "
+            raise DiffhpoError(f"task {self.name!r}: image_size must be between 4 and {IMAGE_SIZE} and a multiple of "
                                f"{halvings} (the UNet has {len(tuple(cfg.unet_channels))} levels)")
         if int(cfg.sample_steps) < 1 or int(cfg.search_samples) < 2 or int(cfg.final_samples) < 2:
             raise DiffhpoError(f"task {self.name!r}: sample_steps >= 1 and sample counts >= 2 are required")
