@@ -117,6 +117,23 @@ def test_mnist_net_is_registered_and_takes_rgb_and_other_sizes():
     assert features_rgb.shape == (3, 128)
 
 
+def test_one_preprocessing_for_uint8_and_differentiable_float_images():
+    """preprocess (uint8, the metrics) is normalise (float, the bilevel and guidance code) of
+    x / 255; resizing to 28 x 28 is plain bilinear when enlarging and antialiased when shrinking."""
+    from diffhpo.bench.metrics.feature_net import normalise, preprocess, to_input_size
+
+    F = torch.nn.functional
+    grey = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    assert torch.equal(preprocess(grey), normalise(grey.float() / 255.0))
+    small, big = torch.rand(2, 1, 16, 16, requires_grad=True), torch.rand(2, 3, 56, 56)
+    assert torch.equal(to_input_size(small), F.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False))
+    assert torch.equal(to_input_size(big), F.interpolate(big, size=(28, 28), mode="bilinear", align_corners=False,
+                                                         antialias=True))
+    assert normalise(big).shape == (2, 1, 28, 28)
+    normalise(small).sum().backward()
+    assert small.grad is not None and small.grad.abs().sum() > 0
+
+
 # --- inception backend ------------------------------------------------------------------------
 
 

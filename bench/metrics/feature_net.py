@@ -63,16 +63,29 @@ class MnistFeatureNet(nn.Module):
         return features, self.head(self.dropout(features))
 
 
+def to_input_size(x: torch.Tensor) -> torch.Tensor:
+    """Float images ``N x C x H x W`` to the network's 28 x 28: bilinear, antialiased when
+    shrinking (plain bilinear when enlarging: the antialiased kernel only adds rounding
+    noise there); differentiable, the identity at 28 x 28."""
+    if tuple(x.shape[-2:]) == (28, 28):
+        return x
+    return F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=x.shape[-1] > 28)
+
+
+def normalise(x01: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (``N x 1|3 x H x W``) to the network's input: grey, 28 x 28,
+    standardised with MNIST's mean and std. Differentiable (the bilevel and guidance code
+    call it on sampler outputs)."""
+    if x01.shape[1] == 3:
+        x01 = x01.mean(dim=1, keepdim=True)
+    return (to_input_size(x01) - MNIST_MEAN) / MNIST_STD
+
+
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``N x C x H x W`` (C = 1 or 3) to the normalised float input of the network."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise DiffhpoError(f"expected uint8 images N x 1|3 x H x W, got {images.dtype} {tuple(images.shape)}")
-    x = images.float() / 255.0
-    if x.shape[1] == 3:
-        x = x.mean(dim=1, keepdim=True)
-    if x.shape[-2:] != (28, 28):
-        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
-    return (x - MNIST_MEAN) / MNIST_STD
+    return normalise(images.float() / 255.0)
 
 
 def load_feature_net(weights_path: str | Path | None = None) -> MnistFeatureNet:

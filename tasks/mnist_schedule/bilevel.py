@@ -243,10 +243,9 @@ class SingleLoop:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable ``mnist-net`` penultimate features of float images in [-1, 1]
         (the float version of the metric's uint8 preprocessing)."""
-        from ...bench.metrics.feature_net import MNIST_MEAN, MNIST_STD
+        from ...bench.metrics.feature_net import normalise
 
-        x01 = (x.clamp(-1.0, 1.0) + 1.0) / 2.0
-        return self._features_net()((x01 - MNIST_MEAN) / MNIST_STD)[0]
+        return self._features_net()(normalise((x.clamp(-1.0, 1.0) + 1.0) / 2.0))[0]
 
     def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
         """``f~``: diagonal Fréchet distance of features of a differentiable DDIM batch of ``net``."""

@@ -275,10 +275,11 @@ class MnistScheduleTask(Task):
     def to_metric_size(self, x: torch.Tensor) -> torch.Tensor:
         """Float images at ``image_size`` to MNIST's 28 x 28, where the metrics and their
         reference images live (bilinear, differentiable; the identity at 28)."""
+        from ...bench.metrics.feature_net import to_input_size
+
         if x.shape[-1] == IMAGE_SIZE:
             return x
-        return torch.nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                                               align_corners=False).clamp(-1.0, 1.0)
+        return to_input_size(x).clamp(-1.0, 1.0)
 
     @property
     def train_steps(self) -> int:

@@ -96,12 +96,9 @@ def build_unet(config: dict | None = None):
 def feature_net_logits(net, images: torch.Tensor) -> torch.Tensor:
     """Logits of the metrics' feature network for float images in [-1, 1], differentiable
     (the same normalisation as :func:`diffhpo.bench.metrics.feature_net.preprocess`)."""
-    from ...bench.metrics.feature_net import MNIST_MEAN, MNIST_STD
+    from ...bench.metrics.feature_net import normalise
 
-    x = (images.float() + 1.0) / 2.0
-    if x.shape[1] == 3:
-        x = x.mean(dim=1, keepdim=True)
-    return net((x - MNIST_MEAN) / MNIST_STD)[1]
+    return net(normalise((images.float() + 1.0) / 2.0))[1]
 
 
 @torch.no_grad()
