@@ -100,6 +100,9 @@ class RewardTask(Task):
                 raise DiffhpoError(f"task {self.name!r}: {key} must be at least 1")
         if cfg.oracle_cost <= 0:
             raise DiffhpoError(f"task {self.name!r}: oracle_cost must be positive")
+        if not 0.0 <= float(cfg.eta) <= 1.0:
+            raise DiffhpoError(f"task {self.name!r}: eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), "
+                               f"got {cfg.eta}")
 
     def search_space(self) -> dict[str, BaseDistribution]:
         return {"lam": FloatDistribution(self.config.lam_low, self.config.lam_high, log=True)}
@@ -149,7 +152,8 @@ class RewardTask(Task):
     def generate(self, params: Mapping[str, Any], seed: int, n: int, conds: Sequence | None = None) -> dict:
         """``{cond: images in [-1, 1]}``: ``n`` samples per condition under ``params`` (one guided
         sampling run when ``n = n_samples``). The noise of condition ``k`` depends only on
-        ``(seed, k)``: every lambda sees the same noise (common random numbers)."""
+        ``(seed, k)``, the initial noise and, with ``eta > 0``, the step noise: every lambda sees
+        the same noise (common random numbers)."""
         from .guidance import sample_images
 
         mode, lam, w = self._mode(params)
@@ -164,7 +168,8 @@ class RewardTask(Task):
             noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
             run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
                                 reward=reward, scale=scale, grad_through=cfg.grad_through, decode=model.decode,
-                                batch_size=cfg.batch_size)
+                                batch_size=cfg.batch_size, eta=float(cfg.eta),
+                                seed=derive_seed(seed, EVAL_NOISE, idx))
             out[cond] = run.samples
         return out
 
@@ -195,7 +200,8 @@ class RewardTask(Task):
         cfg = self.config
         r1_id, r2 = self.upper_reward_id(), self.lower_reward()
         description = {
-            "task": self.name, "model": self.describe_model(), "steps": cfg.steps, "bank_size": cfg.bank_size,
+            "task": self.name, "model": self.describe_model(), "steps": cfg.steps, "eta": float(cfg.eta),
+            "bank_size": cfg.bank_size,
             "seed": derive_seed(seed, BANK_NOISE), "r1": r1_id, "r2": [r2.name, r2.weights_id],
         }
         conds = self.conditions()
@@ -217,12 +223,14 @@ class RewardTask(Task):
             for k, cond in enumerate(conds):
                 noise = self._noise(derive_seed(seed, BANK_NOISE), k, n, BANK_NOISE).to(model.device, model.dtype)
                 run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
-                                    decode=model.decode, batch_size=cfg.batch_size)
+                                    decode=model.decode, batch_size=cfg.batch_size, eta=float(cfg.eta),
+                                    seed=derive_seed(seed, BANK_NOISE, k))
                 r1[k], r2[k] = self.score(run.samples, cond)
             return r1, r2, n * len(conds)
         noise = self._noise(derive_seed(seed, BANK_NOISE), 0, n, BANK_NOISE).to(model.device, model.dtype)
         run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, None,
-                            decode=model.decode, batch_size=cfg.batch_size)
+                            decode=model.decode, batch_size=cfg.batch_size, eta=float(cfg.eta),
+                            seed=derive_seed(seed, BANK_NOISE, 0))
         for k, cond in enumerate(conds):
             r1[k], r2[k] = self.score(run.samples, cond)
         return r1, r2, n

@@ -9,8 +9,15 @@ Pre-trained model (``assets/mnist_ddpm.pt``)
     (4,000 images, never the held-out split used as FID reference) under diffusers'
     cosine schedule (``squaredcos_cap_v2``, T = 1000). Adam with warm-up and cosine
     decay, gradient clipping, and an exponential moving average (EMA) of the weights: the
-    EMA copy is what is shipped. Sampled with deterministic DDIM (:data:`SAMPLE_STEPS`
-    steps, "trailing" spacing so the first step is t = T).
+    EMA copy is what is shipped: :data:`DDPM_STEPS` = 16,000 steps of 64 (about 2 h on 2
+    CPU cores; ``--checkpoints DIR`` spreads it over several runs). Sampled with diffusers'
+    ``DDIMScheduler`` (:data:`SAMPLE_STEPS` steps, "trailing" spacing so the first step is
+    t = T); reward-mnist uses ``eta = 1`` (ancestral steps). Measured on 1,000 samples
+    (``benchmarks/mnist_ddpm_quality.py``): eta = 1 gives 85.9% classified with probability
+    >= 0.9, FID 1.1 and IS 8.15 against the held-out split (mnist-net), every digit 62 to 126
+    times; deterministic DDIM (eta = 0) 83.3%, FID 3.6, IS 7.77, digit 1 only 32 times. The
+    build's training history monitors 200 deterministic DDIM samples; it rose from 65% at
+    2,000 steps to 80% at 16,000 (a 4,000-step training reached 63%).
 
 Guidance classifier (``assets/mnist_guidance_classifier.pt``)
     The lower-level reward's network: a LeNet-style CNN (:class:`GuidanceClassifier`,
@@ -65,7 +72,7 @@ SCHEDULER_CONFIG: dict = {
 }
 SAMPLE_STEPS = 25
 
-DDPM_STEPS = 4000
+DDPM_STEPS = 16000
 DDPM_BATCH = 64
 DDPM_LR = 1e-3
 DDPM_WARMUP = 200

@@ -19,21 +19,24 @@ stand-in of the paper's first application (method.md, Application 1). Runs offli
 All images are scored as the uint8 images the metrics see (rounded), the bank's too.
 
 Measured (``diffhpo run --task reward-mnist --method all``, quick, seed 0, idle 2-core
-machine): 9 min 9 s for the whole matrix. Final alignment (chosen lambda): botorch -3.46
-(0.453), random -4.09 (0.595), weighted-sum -4.88 (w = 0.1), grid and default -5.47 (1),
-tpe -6.99 (2.7), none -7.78, bilevel -19.0 (0.01). The grid's alignment against lambda
-(0.01 ... 100): -19.2, -12.3, -4.8, -6.8, -6.9: an interior optimum near lambda = 0.5.
+machine): 5 min 56 s for the whole matrix. Final alignment (chosen lambda; FID): random
+-1.54 (0.16; 7.3), grid -1.78 (0.1; 12.5), botorch -1.95 (0.18; 9.4), tpe -6.51 (0.044;
+89), default -7.89 (1; 47), none -11.6 (70), bilevel -23.9 (0.01; 1197). The weighted-sum
+baseline reached -0.17 (w = 10 at lambda = 1) only by guiding with r1 itself: its samples of
+3 and 5 are scribbles that fool the feature network (FID 84). The grid's alignment against
+lambda (0.01 ... 100): -23.8, -2.4, -8.9, -11.3, -11.7: an interior optimum near
+lambda = 0.1 to 0.2.
 
 Why bilevel walks to the lower bound here: its oracle estimates ``E_{p*_lambda}[r1]`` by
 reweighting a bank of pre-trained samples by ``exp(r2 / lambda)``. On this task r1 and r2
 agree on the pre-trained distribution (both are log p(c | x) of a digit classifier), so
-that estimate *rises* as lambda falls (-1.65 at 1, -0.11 at 0.01, measured) and its optimum
-is lambda -> 0. The interior optimum of the real guided sampler comes from what the bank
-cannot contain: at small lambda gradient guidance leaves the data manifold and fools the
-guidance classifier (FID 661 at lambda = 0.01). The method solves the idealised problem
-exactly; the idealisation is what fails. An upper score that conflicts with r2 on the
-pre-trained samples (as CLIP and the aesthetic score do in the paper) would give the bank
-estimate an interior optimum.
+that estimate *rises* as lambda falls (-0.80 at 1, -0.007 at 0.01, measured) and its optimum
+is lambda -> 0. The real guided sampler differs from the ideal tilt both ways: at lambda = 1
+it tilts far less (alignment -8.9, 18% of samples the target digit), and at small lambda
+gradient guidance leaves the data manifold and fools the guidance classifier (FID 1180 at
+lambda = 0.01). The method solves the idealised problem exactly; the idealisation is what
+fails. An upper score that conflicts with r2 on the pre-trained samples (as CLIP and the
+aesthetic score do in the paper) would give the bank estimate an interior optimum.
 """
 
 from __future__ import annotations
@@ -60,10 +63,17 @@ class RewardMnistConfig:
     # "decoder": the gradient stops at the predicted x0 (guidance.py). Not "unet": through the
     # UNet, d x0_hat / d x_t carries 1 / sqrt(alphabar_t) (2e4 at the first trailing step,
     # t = T), and the shipped model's small Jacobian errors, so amplified, saturate the sample:
-    # measured, mean r2 fell from -9.4 (unguided) to -21 at lambda = 1 and -49 at 0.01, while
+    # measured (eta = 0), mean r2 fell from -9.4 (unguided) to -21 at lambda = 1 and -49 at 0.01, while
     # "decoder" raised it to -4.5 at lambda = 1 and -0.17 at 0.1 (16 samples of digit 3).
     grad_through: str = "decoder"
-    steps: int = 25  # DDIM steps
+    steps: int = 25  # sampling steps (diffusers DDIMScheduler, "trailing" spacing)
+    # DDIM's eta: 1.0 samples ancestrally (the DDPM sampler on the sub-sequence of steps), 0.0
+    # deterministically. Measured on 1,000 samples of the shipped DDPM (25 steps,
+    # benchmarks/mnist_ddpm_quality.py): eta = 1 gives FID 1.1 and 85.9% classified with
+    # probability >= 0.9; eta = 0 FID 3.6 and 83.3%, with too many blobs read as 8 and too few
+    # 1s. The gap is larger for a less trained model: at 8,000 of its 16,000 steps, 0.83 against
+    # 0.74 (400 samples; 50 or 100 deterministic steps did not help: 0.73, 0.72).
+    eta: float = 1.0
     n_samples: int = 32  # images per digit in a search-time guided run (the cost unit)
     n_final: int = 100  # images per digit in the final protocol
     # un-guided images in the bilevel oracle's bank. Charged bank_size / (n_samples x digits)

@@ -64,6 +64,7 @@ class RewardSdConfig:
     aesthetic_weights: str = ""
     cfg: float = 7.5
     steps: int = 50
+    eta: float = 0.0  # DDIM's eta: 0.0 deterministic DDIM, as in the paper; 1.0 ancestral
     size: int = 512
     dtype: str = "auto"  # float16 on a GPU, float32 on the CPU
     device: str = "auto"
