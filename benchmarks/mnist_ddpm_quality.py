@@ -21,23 +21,18 @@ import time
 def load(weights: str | None):
     import torch
 
-    from diffhpo.bench.assets import read_record
     from diffhpo.tasks.reward import mnist_models as mm
 
     if not weights:
-        return mm.load_mnist_ddpm(), "assets/" + mm.DDPM_FILE
-    if weights.endswith(".ckpt"):
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        unet, label = mm.build_unet(), f"{weights} (EMA at step {state['step']})"
-        unet.load_state_dict(state["ema"])
-        config = dict(mm.SCHEDULER_CONFIG)
-    else:
-        record = read_record(weights)
-        unet, label = mm.build_unet(record["unet_config"]), f"{weights} ({record['steps']} steps)"
-        unet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        config = dict(record["scheduler_config"])
+        return mm.load_mnist_ddpm()
+    if not weights.endswith(".ckpt"):
+        return mm.load_built_ddpm(weights)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    unet = mm.build_unet()
+    unet.load_state_dict(state["ema"])
     unet.requires_grad_(False).eval()
-    return mm.PretrainedDdpm(unet=unet, scheduler_config=config, source=label), label
+    return mm.PretrainedDdpm(unet=unet, scheduler_config=dict(mm.SCHEDULER_CONFIG),
+                             source=f"{weights} (EMA at step {state['step']})")
 
 
 def main() -> None:
@@ -55,10 +50,10 @@ def main() -> None:
     from diffhpo.tasks.reward import mnist_models as mm
     from diffhpo.tasks.reward.guidance import sample_images
 
-    model, label = load(args.weights)
+    model = load(args.weights)
     reference = load_mnist("mnist5k", "heldout")[0]
     noise = torch.randn((args.n,) + model.image_shape, generator=torch.Generator().manual_seed(2024))
-    print(f"model: {label}; {args.n} samples per setting; torch threads {torch.get_num_threads()}")
+    print(f"model: {model.source}; {args.n} samples per setting; torch threads {torch.get_num_threads()}")
     print("steps  eta  confident>=0.9  mean conf   FID   KIDx1e3   IS    s   digit counts")
     for setting in args.settings:
         steps, eta = setting.split(":")

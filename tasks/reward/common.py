@@ -149,13 +149,20 @@ class RewardTask(Task):
         g = torch.Generator().manual_seed(derive_seed(seed, tag, k))
         return torch.randn((n,) + tuple(self.model().noise_shape), generator=g)
 
+    def _sample(self, model, noise, conds, seed: int, **guidance):
+        """:func:`.guidance.sample_images` with the task's sampler settings (steps, eta,
+        batch size, decoder); ``seed`` seeds the step noise when ``eta > 0``."""
+        from .guidance import sample_images
+
+        cfg = self.config
+        return sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, conds, decode=model.decode,
+                             batch_size=cfg.batch_size, eta=float(cfg.eta), seed=seed, **guidance)
+
     def generate(self, params: Mapping[str, Any], seed: int, n: int, conds: Sequence | None = None) -> dict:
         """``{cond: images in [-1, 1]}``: ``n`` samples per condition under ``params`` (one guided
         sampling run when ``n = n_samples``). The noise of condition ``k`` depends only on
         ``(seed, k)``, the initial noise and, with ``eta > 0``, the step noise: every lambda sees
         the same noise (common random numbers)."""
-        from .guidance import sample_images
-
         mode, lam, w = self._mode(params)
         model = self.model()
         cfg = self.config
@@ -166,10 +173,8 @@ class RewardTask(Task):
         for cond in conds:
             idx = self.conditions().index(cond)
             noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
-            run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
-                                reward=reward, scale=scale, grad_through=cfg.grad_through, decode=model.decode,
-                                batch_size=cfg.batch_size, eta=float(cfg.eta),
-                                seed=derive_seed(seed, EVAL_NOISE, idx))
+            run = self._sample(model, noise, [cond] * n, derive_seed(seed, EVAL_NOISE, idx), reward=reward,
+                               scale=scale, grad_through=cfg.grad_through)
             out[cond] = run.samples
         return out
 
@@ -211,8 +216,6 @@ class RewardTask(Task):
         raise NotImplementedError
 
     def _build_bank(self, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-        from .guidance import sample_images
-
         cfg = self.config
         model = self.model()
         conds = self.conditions()
@@ -222,15 +225,11 @@ class RewardTask(Task):
         if model.conditional:
             for k, cond in enumerate(conds):
                 noise = self._noise(derive_seed(seed, BANK_NOISE), k, n, BANK_NOISE).to(model.device, model.dtype)
-                run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, [cond] * n,
-                                    decode=model.decode, batch_size=cfg.batch_size, eta=float(cfg.eta),
-                                    seed=derive_seed(seed, BANK_NOISE, k))
+                run = self._sample(model, noise, [cond] * n, derive_seed(seed, BANK_NOISE, k))
                 r1[k], r2[k] = self.score(run.samples, cond)
             return r1, r2, n * len(conds)
         noise = self._noise(derive_seed(seed, BANK_NOISE), 0, n, BANK_NOISE).to(model.device, model.dtype)
-        run = sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, None,
-                            decode=model.decode, batch_size=cfg.batch_size, eta=float(cfg.eta),
-                            seed=derive_seed(seed, BANK_NOISE, 0))
+        run = self._sample(model, noise, None, derive_seed(seed, BANK_NOISE, 0))
         for k, cond in enumerate(conds):
             r1[k], r2[k] = self.score(run.samples, cond)
         return r1, r2, n

@@ -157,31 +157,38 @@ def load_mnist_ddpm(source: str | Path | None = None) -> PretrainedDdpm:
     """The shipped DDPM (checksum-verified) when ``source`` is empty, else a diffusers
     ``DDPMPipeline`` folder or hub id holding ``unet/`` and ``scheduler/`` (loaded with
     ``from_pretrained``; a hub id needs the network or the Hugging Face cache)."""
-    from ...bench.assets import read_record, verified_asset
+    from ...bench.assets import verified_asset
     from ...bench.errors import DiffhpoError
 
     if not source:
-        path = verified_asset(DDPM_FILE)
-        record = read_record(path)
-        unet = build_unet(record["unet_config"])
-        unet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        sched = dict(record["scheduler_config"])
-        label = f"assets/{DDPM_FILE}"
-    else:
-        from diffusers import DDIMScheduler, UNet2DModel
+        return load_built_ddpm(verified_asset(DDPM_FILE), label=f"assets/{DDPM_FILE}")
+    from diffusers import DDIMScheduler, UNet2DModel
 
-        try:
-            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet")
-            sched = dict(DDIMScheduler.from_pretrained(str(source), subfolder="scheduler").config)
-        except (OSError, ValueError) as exc:
-            raise DiffhpoError(
-                f"MNIST diffusion model {str(source)!r} could not be loaded ({str(exc).splitlines()[0]}); "
-                "leave the option empty for the shipped model or give a DDPMPipeline folder (unet/, scheduler/)"
-            ) from None
-        sched.setdefault("timestep_spacing", "trailing")
-        label = str(source)
+    try:
+        unet = UNet2DModel.from_pretrained(str(source), subfolder="unet")
+        sched = dict(DDIMScheduler.from_pretrained(str(source), subfolder="scheduler").config)
+    except (OSError, ValueError) as exc:
+        raise DiffhpoError(
+            f"MNIST diffusion model {str(source)!r} could not be loaded ({str(exc).splitlines()[0]}); "
+            "leave the option empty for the shipped model or give a DDPMPipeline folder (unet/, scheduler/)"
+        ) from None
+    sched.setdefault("timestep_spacing", "trailing")
     unet.requires_grad_(False).eval()
-    return PretrainedDdpm(unet=unet, scheduler_config=sched, source=label)
+    return PretrainedDdpm(unet=unet, scheduler_config=sched, source=str(source))
+
+
+def load_built_ddpm(path: str | Path, label: str | None = None) -> PretrainedDdpm:
+    """A DDPM file written by :func:`build_mnist_ddpm` (its JSON record beside it: the UNet
+    and scheduler configs), in eval mode, no grad. No checksum check: the shipped file goes
+    through :func:`load_mnist_ddpm`, which verifies it first."""
+    from ...bench.assets import read_record
+
+    record = read_record(path)
+    unet = build_unet(record["unet_config"])
+    unet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    unet.requires_grad_(False).eval()
+    return PretrainedDdpm(unet=unet, scheduler_config=dict(record["scheduler_config"]),
+                          source=label or f"{path} ({record['steps']} steps)")
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
