@@ -10,8 +10,15 @@ A task is one bilevel hyperparameter problem. It declares
 * optionally a first-order oracle for the bilevel method: :meth:`Task.oracle` returns the
   upper-level metrics at the current iterate together with a hypergradient estimate.
 
-Settings live in a per-profile config dataclass (``Task.profiles``); ``diffhpo run
---option key=value`` overrides its fields.
+Settings live in a per-profile config dataclass (``Task.profiles``) whose fields are
+declared with :func:`diffhpo.bench.options.option` (default, meaning, valid range);
+``diffhpo run --option key=value`` overrides them, and every value is checked by
+:func:`diffhpo.bench.options.apply` before any work starts.
+
+Before any cell runs, the runner calls :meth:`Task.check_ready` on every task of the
+matrix: a task that needs files, weights, drivers or a device it cannot find raises a
+:class:`~diffhpo.bench.errors.DiffhpoError` there (one line: what is missing and where to
+put it) instead of failing every trial.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 from optuna.distributions import BaseDistribution
 
 from ..bench.errors import DiffhpoError
+from ..bench.options import apply as apply_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +93,7 @@ class Task(abc.ABC):
                 f"{', '.join(self.profiles)}"
             )
         self.profile = profile
-        self.config = _apply_options(self.name, self.profiles[profile], options)
+        self.config = apply_options(f"task {self.name!r}", self.profiles[profile], options)
 
     # -- declarations -------------------------------------------------------------------
     @property
@@ -147,6 +155,15 @@ class Task(abc.ABC):
         """First-order oracle for the bilevel method (optional)."""
         raise NotImplementedError(f"task {self.name!r} has no first-order oracle")
 
+    def check_ready(self) -> None:
+        """Raise a :class:`DiffhpoError` naming what is missing (data, weights, driver,
+        device) and where to put it, before any budget is spent. Default: nothing to check."""
+
+    def known_optimum(self) -> float | None:
+        """The exact optimal value of the primary metric under the final protocol, where the
+        task can compute it (regret is then measured against it); None otherwise."""
+        return None
+
     def describe_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
@@ -158,41 +175,3 @@ class Task(abc.ABC):
         into ``folder`` and return their paths. The default writes nothing.
         """
         return []
-
-
-def _apply_options(task: str, config: Any, options: Mapping[str, Any]) -> Any:
-    """Override config fields from ``--option key=value`` strings, converting types."""
-    if not options:
-        return config
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    changes = {}
-    for key, raw in options.items():
-        if key not in fields:
-            raise DiffhpoError(
-                f"task {task!r} has no option {key!r}; valid options: {', '.join(fields)}"
-            )
-        current = getattr(config, key)
-        changes[key] = _coerce(task, key, raw, current)
-    return dataclasses.replace(config, **changes)
-
-
-def _coerce(task: str, key: str, raw: Any, current: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    kind = type(current)
-    try:
-        if kind is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind in (int, float, str):
-            return kind(raw)
-        if kind in (tuple, list):
-            return kind(x.strip() for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise DiffhpoError(
-            f"task {task!r}: option {key}={raw!r} is not a valid {kind.__name__}"
-        ) from None
-    return raw
