@@ -147,7 +147,7 @@ def coerce(owner: str, key: str, raw: Any, current: Any) -> Any:
         if kind in (tuple, list):
             items = [x.strip() for x in raw.split(",") if x.strip()]
             element = type(current[0]) if current else str
-            return kind(coerce(owner, key, x, element()) if element in (int, float) else x for x in items)
+            return kind(coerce(owner, key, x, element()) if element in (int, float, bool) else x for x in items)
     except ValueError:
         raise DiffhpoError(f"{owner}: option {key}={raw!r} is not a valid {kind.__name__}") from None
     return raw

@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage
 
 from . import storage as st
 from .search import counts
+from .workers import RETRY_OF
 
 KEYS = ["task", "profile", "method", "seed"]
 
@@ -47,7 +48,8 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
                 oracle="hypergrad" in u, cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
-                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
+                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""), counted=counts(t),
+                retry_of=t.system_attrs.get(RETRY_OF, ""),
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
             row.update({k: v for k, v in u.items() if k.startswith("metric_")})
@@ -172,7 +174,7 @@ def write_report(storage: BaseStorage, out: Path, *, plots: bool = True) -> dict
     (out / "summary.md").write_text(markdown(summary, cells))
     written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
     if plots:
-        from ..tasks import TASKS
+        from .registry import TASKS
         from .plots import write_plots
 
         for path in write_plots(trials, cells, out / "plots"):
