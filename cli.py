@@ -124,8 +124,6 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     )
     check_spec(spec)  # every value, and every task's data and weights, before the first line of work
     built = build_tasks(spec)
-    click.echo(f"diffhpo run: {len(tasks)} task(s) x {len(methods)} method(s) x {seeds} seed(s), "
-               f"profile {profile}, output {out}", err=True)
     outcomes = run_matrix(spec, log=lambda line: click.echo(line, err=True), tasks=built)
     if not no_report and not create_only:
         _report(out, storage)
@@ -184,10 +182,11 @@ def _report(out: Path, storage: str | None, plots: bool = True) -> None:
         if not db.exists():
             raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
         storage = st.default_url(Path(out))
-    opened = st.open_existing(storage)
-    if not st.cell_studies(opened):
-        raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written (files in {str(out)!r} left as they are)")
-    written = write_report(opened, st.ensure_writable(Path(out)), plots=plots)
+    with st.storage_errors(storage), st.opened(storage, existing=True) as opened:
+        if not st.cell_studies(opened):
+            raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written "
+                               f"(files in {str(out)!r} left as they are)")
+        written = write_report(opened, st.ensure_writable(Path(out)), plots=plots)
     for path in written.values():
         click.echo(f"wrote {path}", err=True)
     md = written.get("summary_md")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .assets import ASSETS_DIR, all_assets
+from .seeds import MAX_SEED
 
 
 class AssetName(click.ParamType):
@@ -31,7 +32,8 @@ def assets_group():
 @click.argument("name", type=AssetName())
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Folder to write the weights and their .json record into (default: the shipped {ASSETS_DIR}).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, batches, augmentation.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+              help="Seed of initialisation, batches, augmentation.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="mnist-ddpm only: optimiser steps (default: those of the shipped weights, see their record).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -100,6 +100,11 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
         raise DiffhpoError(f"--workers must be at least 1, got {spec.workers}")
     if spec.storage is not None:
         st.check_url(spec.storage)
+    if spec.workers > 1 and (spec.storage or "sqlite").startswith("sqlite"):
+        raise DiffhpoError(
+            "--workers needs a storage several processes can share: SQLite is single-process; "
+            "use --storage journal:///FILE (one machine) or postgresql://... (several machines)"
+        )
     methods = {name: METHODS.get(name) for name in spec.methods}
     _check_method_options(spec, methods)
     return methods
@@ -117,14 +122,8 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     methods = check_spec(spec)
     tasks = dict(tasks) if tasks is not None else build_tasks(spec)
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
-    if spec.workers > 1 and url.startswith("sqlite"):
-        raise DiffhpoError(
-            "--workers needs a storage several processes can share: SQLite is single-process; "
-            "use --storage journal:///FILE (one machine) or postgresql://... (several machines)"
-        )
     outcomes = []
-    with workers.sqlite_lock(url), st.storage_errors(url):
-        storage = st.open_storage(url, heartbeat=spec.heartbeat)
+    with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
         cells = []  # every cell prepared (and its stored settings checked) before any runs
         for task_name, task in tasks.items():
             for seed in spec.seeds:
@@ -138,6 +137,8 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
                         time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
                         workdir=spec.out / "work",
                     ))
+        log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s) x "
+            f"{len(spec.seeds)} seed(s)), profile {spec.profile}, storage {url}")
         for cell in cells:
             if spec.create_only:
                 log(f"{cell.study.study_name}: created in {url}")
@@ -342,13 +343,12 @@ def _spawn_workers(url: str, study_name: str, n: int, workdir: Path | None, hear
 def join_cell(url: str, study_name: str, *, final: bool = True, progress: bool = True,
               workdir: Path | None = None, heartbeat: float | None = None) -> CellOutcome:
     """`diffhpo worker`: join an existing cell, rebuilding task and method from the study."""
-    with st.storage_errors(url):
-        return _join_cell(url, study_name, final=final, progress=progress, workdir=workdir, heartbeat=heartbeat)
+    with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
+        return _join_cell(storage, url, study_name, final=final, progress=progress, workdir=workdir)
 
 
-def _join_cell(url: str, study_name: str, *, final: bool, progress: bool, workdir: Path | None,
-               heartbeat: float | None) -> CellOutcome:
-    storage = st.open_existing(url, heartbeat=heartbeat)
+def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, progress: bool,
+               workdir: Path | None) -> CellOutcome:
     try:
         summary = next(s for s in storage.get_all_studies() if s.study_name == study_name)
     except StopIteration:

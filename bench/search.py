@@ -147,7 +147,7 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
             if _full(cell, led) or (ready is not None and not ready(study)):
                 time.sleep(POLL_S)
                 continue
-            _one_trial(cell)
+            _one_trial(cell, exclusive)
     finally:
         bar.close()
 
@@ -184,14 +184,15 @@ def _release(study: optuna.Study, trial: optuna.Trial, reason: str, copy: bool) 
         ))
 
 
-def _one_trial(cell: Cell) -> None:
+def _one_trial(cell: Cell, exclusive: bool) -> None:
     study = cell.study
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        trial = study.ask(fixed_distributions=cell.ctx.search_space)
-    ask_s = time.perf_counter() - t0
+    trial = None
     try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(fixed_distributions=cell.ctx.search_space)
+        ask_s = time.perf_counter() - t0
         trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())
         admitted, reason, copy = _admit(cell, trial)
         if not admitted:
@@ -200,10 +201,15 @@ def _one_trial(cell: Cell) -> None:
             return
         trial.set_user_attr("ask_s", ask_s)
         _evaluate_and_tell(cell, trial)
-    except KeyboardInterrupt as exc:
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state == TrialState.RUNNING:
-            workers.fail_and_retry(study, frozen, f"{INTERRUPTED}: {getattr(exc, 'signal_name', 'SIGINT')}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.py): leave no RUNNING trial behind
+        reason = f"{INTERRUPTED}: {getattr(exc, 'signal_name', 'SIGINT')}"
+        if trial is not None:
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                workers.fail_and_retry(study, frozen, reason)
+        if exclusive:  # this process alone uses the storage: a trial cut off inside ask is ours too
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                workers.fail_and_retry(study, t, reason)
         raise
 
 

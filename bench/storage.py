@@ -99,6 +99,19 @@ def open_existing(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     return open_storage(url, heartbeat=heartbeat)
 
 
+@contextmanager
+def opened(url: str, *, heartbeat: float | None = None, existing: bool = False) -> Iterator[BaseStorage]:
+    """A storage for the duration of a block, its connections closed afterwards (a SQLite
+    file in WAL mode is then checkpointed and its -wal/-shm side files removed)."""
+    storage = open_existing(url, heartbeat=heartbeat) if existing else open_storage(url, heartbeat=heartbeat)
+    try:
+        yield storage
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -113,8 +126,9 @@ def storage_errors(url: str) -> Iterator[None]:
 
     try:
         yield
-    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
-        cause = _first_line(getattr(exc, "orig", None) or exc)
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
+        inner = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        cause = _first_line(getattr(inner, "orig", None) or inner)
         raise DiffhpoError(
             f"storage {url!r} failed: {cause}; the trials stored before it are kept, "
             "rerun the same command to resume once the cause is fixed"
