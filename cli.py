@@ -195,11 +195,16 @@ def _report(out: Path, storage: str | None, plots: bool = True) -> None:
 
 
 @cli.command(name="list")
-def list_cmd():
+@click.option("--options", "show_options", metavar="NAME", default=None,
+              help="Show every option of task or method NAME: default (per profile for a task), range, meaning.")
+def list_cmd(show_options):
     """List tasks, methods and profiles, one line of description each."""
+    from .bench.registry import TASKS
     from .methods import METHODS
-    from .tasks import TASKS
 
+    if show_options is not None:
+        _list_options(show_options, TASKS, METHODS)
+        return
     click.echo("tasks:")
     for name, cls in TASKS.items():
         flag = "" if getattr(cls, "offline", True) else " [needs downloaded weights]"
@@ -211,6 +216,35 @@ def list_cmd():
     for name, text in PROFILES.items():
         default = " (default)" if name == DEFAULT_PROFILE else ""
         click.echo(f"  {name:<16} {text}{default}")
+    click.echo("(`diffhpo list --options NAME` shows the options of a task or method)")
+
+
+def _list_options(name: str, tasks, methods) -> None:
+    from .bench.options import describe
+
+    if name in tasks:
+        profiles = tasks.get(name).profiles
+        rows = {p: describe(cfg) for p, cfg in profiles.items()}
+        click.echo(f"task {name}: --option KEY=VALUE (defaults per profile: {', '.join(profiles)})")
+        for i, (key, _, valid, doc) in enumerate(next(iter(rows.values()))):
+            defaults = " / ".join(_text(rows[p][i][1]) for p in profiles)
+            click.echo(f"  {key:<20} {defaults:<28} {valid:<36} {doc}")
+    elif name in methods:
+        declared = methods.get(name).options
+        click.echo(f"method {name}: --method-option {name}.KEY=VALUE")
+        if isinstance(declared, type):
+            for key, default, valid, doc in describe(declared):
+                click.echo(f"  {key:<20} {_text(default):<12} {valid:<36} {doc}")
+        else:
+            click.echo("  " + (", ".join(declared) or "(no options)"))
+    else:
+        raise DiffhpoError(f"no task or method {name!r}; valid: {', '.join([*tasks.names(), *methods.names()])}")
+
+
+def _text(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
 
 
 # --- subcommand groups from other modules (metrics, assets, ...) ---

@@ -159,6 +159,21 @@ def test_the_table_is_large():
     assert len(CASES) >= 60
 
 
+def test_every_option_of_every_task_and_method_is_declared():
+    from diffhpo.bench.options import Spec, undeclared
+    from diffhpo.bench.registry import TASKS
+    from diffhpo.methods import METHODS
+
+    configs = [cfg for _, cls in TASKS.items() for cfg in cls.profiles.values()]
+    configs += [m.options() for _, m in METHODS.items() if isinstance(m.options, type)]
+    assert configs and undeclared(configs) == []
+    for cfg in configs:  # every profile's own defaults pass the checks
+        from diffhpo.bench.options import check
+
+        check("test", cfg)
+    assert Spec(ge=0, le=9).problem((3, 12)) and not Spec(ge=0, le=9).problem((3, 8))
+
+
 @pytest.mark.parametrize("args, needle", CASES, ids=[" ".join(a[:1] + a[4:])[:60] for a, _ in CASES])
 def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, done, tmp_path, capsys):
     empty = tmp_path / "empty"
