@@ -21,7 +21,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
@@ -32,8 +32,7 @@ from ..methods.base import Method, MethodContext
 from . import workers
 from .measure import measure
 
-if TYPE_CHECKING:
-    from ..tasks.base import Task
+Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
 
 POLL_S = 0.2
 INTERRUPTED = "interrupted"
@@ -44,7 +43,7 @@ class Cell:
     """Everything a worker needs to search one cell."""
 
     study: optuna.Study
-    task: "Task"
+    task: Task
     method_name: str
     method: Method
     ctx: MethodContext
