@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
@@ -47,7 +48,7 @@ from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
 from .search import Cell, ledger, search, search_over
-from .seeds import FINAL_SEED_OFFSET, check_seeds
+from .seeds import check_seeds, final_seeds
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
 
@@ -290,6 +291,7 @@ def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True,
              heartbeat: float | None = None) -> CellOutcome:
     """Search (in this process or in ``n_workers`` worker processes), then the final protocol."""
     study = cell.study
+    workers.clear_stale_claim(study)
     led = ledger(study.get_trials(deepcopy=False))
     if study.user_attrs.get("status") == "done" and search_over(cell, led):
         return CellOutcome(study.study_name, "done (skipped)", led.spent, len(study.trials))
@@ -372,13 +374,43 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
 
 
 def _final_protocol(cell: Cell) -> None:
+    """Re-evaluate the method's choice under the task's final protocol, ``task.final_repeats``
+    times on independent lower-level seeds (:func:`~diffhpo.bench.seeds.final_seeds`): the
+    stored ``final_metrics`` are the means, ``final_metrics_std`` the spreads (sample std).
+    Each finished repeat is stored at once, so an interrupted final protocol resumes."""
     study, task, method, seed = cell.study, cell.task, cell.method, cell.seed
     params = method.choose(study) if method.choose is not None else dict(study.best_trial.params)
-    final_seed = FINAL_SEED_OFFSET + seed
-    with measure() as m:
-        metrics = task.evaluate(params, final_seed, final=True)
-    study.set_user_attr("final_params", {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in params.items()})
-    study.set_user_attr("final_metrics", {k: float(v) for k, v in metrics.items()})
-    study.set_user_attr("final_seed", final_seed)
-    study.set_user_attr("final_measure", m.as_attrs())
+    params = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in params.items()}
+    seeds = final_seeds(seed, task.final_repeats)
+    partial = study.user_attrs.get("final_partial") or {}
+    runs = list(partial.get("runs", [])) if partial.get("params") == params else []
+    measured = list(partial.get("measures", [])) if runs else []
+    for s in seeds[len(runs):]:
+        with measure() as m:
+            metrics = task.evaluate(params, s, final=True)
+        runs.append({k: float(v) for k, v in metrics.items()})
+        measured.append(m.as_attrs())
+        study.set_user_attr("final_partial", {"params": params, "runs": runs, "measures": measured})
+    keys = list(runs[0])
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+    study.set_user_attr("final_params", params)
+    study.set_user_attr("final_metrics", mean)
+    if len(runs) > 1:
+        study.set_user_attr("final_metrics_std", {k: float(np.std([r[k] for r in runs], ddof=1)) for k in keys})
+        study.set_user_attr("final_runs", runs)
+    study.set_user_attr("final_seed", seeds[0])
+    study.set_user_attr("final_seeds", seeds)
+    study.set_user_attr("final_measure", _combined(measured))
     study.set_user_attr("status", "done")
+
+
+def _combined(measures: list[dict]) -> dict:
+    """One measurement of several repeats: times add up, peaks are the largest."""
+    out: dict = {}
+    for m in measures:
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and v == v:
+                out[k] = max(out.get(k, v), v) if k.startswith("peak") else out.get(k, 0.0) + v
+            else:
+                out.setdefault(k, v)
+    return out

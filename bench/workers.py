@@ -125,6 +125,24 @@ def _gone(owner: str) -> bool:
     return not owner or (host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)))
 
 
+def claim_name(study: optuna.Study) -> str:
+    return f"{study.study_name}:final-protocol"
+
+
+def clear_stale_claim(study: optuna.Study) -> None:
+    """Remove a final-protocol claim left by a process of this host that is gone."""
+    storage = study._storage
+    try:
+        held = storage.get_study_id_from_name(claim_name(study))
+    except KeyError:
+        return
+    if _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
+        try:
+            storage.delete_study(held)
+        except KeyError:
+            pass  # another process removed it
+
+
 @contextmanager
 def claim_final(study: optuna.Study) -> Iterator[bool]:
     """Claim a cell's final protocol for this process; yields whether the claim is ours.
@@ -135,7 +153,7 @@ def claim_final(study: optuna.Study) -> Iterator[bool]:
     protocol once. The claim is removed afterwards; a claim whose process on this host is
     gone (a killed run) is taken over.
     """
-    storage, name = study._storage, f"{study.study_name}:final-protocol"
+    storage, name = study._storage, claim_name(study)
     study_id = None
     for attempt in range(2):
         try:
@@ -144,7 +162,10 @@ def claim_final(study: optuna.Study) -> Iterator[bool]:
         except optuna.exceptions.DuplicatedStudyError:
             held = storage.get_study_id_from_name(name)
             if attempt == 0 and _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
-                storage.delete_study(held)
+                try:
+                    storage.delete_study(held)
+                except KeyError:
+                    pass  # another process removed it first
                 continue
             yield False
             return

@@ -134,6 +134,13 @@ class Task(abc.ABC):
         return centre(self.search_space())
 
     @property
+    def final_repeats(self) -> int:
+        """How many times the final protocol re-evaluates a choice on independent
+        lower-level seeds (the profile's ``final_repeats`` where declared, else 1); the
+        reported final metrics are the means, with their spread."""
+        return int(getattr(self.config, "final_repeats", 1))
+
+    @property
     def budget(self) -> float:
         """Budget of one cell in cost units (same for every method)."""
         return float(self.config.budget)
