@@ -47,7 +47,7 @@ from . import workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import Cell, ledger, search, search_over
+from .search import Cell, CountedTrialsPruner, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
@@ -128,9 +128,10 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         for task_name, task in tasks.items():
             for seed in spec.seeds:
                 for method_name, method in methods.items():
-                    if task.search_space_for(method.space) is None:
+                    why = skip_reason(task, method)
+                    if why:
                         if seed == spec.seeds[0]:
-                            log(f"{task_name}.{method_name}: skipped (the task has no {method.space!r} search space)")
+                            log(f"{task_name}.{method_name}: skipped ({why})")
                         continue
                     cells.append(prepare_cell(
                         storage, task, method_name, method, seed, budget=spec.budget,
@@ -150,6 +151,15 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         if not spec.create_only:
             _log_failures([c.study for c in cells], log)
     return outcomes
+
+
+def skip_reason(task: Task, method: Method) -> str | None:
+    """Why ``method`` does not apply to ``task`` (None: it applies)."""
+    if task.search_space_for(method.space) is None:
+        return f"the task has no {method.space!r} search space"
+    if method.make_pruner is not None and not task.fidelity:
+        return "a pruning method, and the task has no fidelity: its lower-level solve reports no progress"
+    return None
 
 
 def _log_failures(studies: list[optuna.Study], log: Callable[[str], None]) -> None:
@@ -257,8 +267,9 @@ def prepare_cell(
     ctx = MethodContext(task=task, search_space=space, grid=task.default_grid_for(method.space) or {}, seed=seed,
                         budget=budget, options=options)
     sampler = method.make_sampler(ctx)
+    pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else None
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
-                                sampler=sampler, load_if_exists=True)
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
     attrs = _cell_attrs(task, method_name, seed, budget, time_budget, options)
     old = study.user_attrs
     if old.get(st.CELL_MARK) and old.get("config") != attrs["config"]:

@@ -66,8 +66,9 @@ UNCOUNTED = (INTERRUPTED, "released")
 
 
 def counts(t: FrozenTrial) -> bool:
-    """Whether a trial used its share of the budget: completed, or failed while evaluating."""
-    if t.state == TrialState.COMPLETE:
+    """Whether a trial used its share of the budget: completed, pruned (the fraction of the
+    lower-level solve it ran), or failed while evaluating."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     reason = str(t.user_attrs.get("fail_reason", ""))
     return t.state == TrialState.FAIL and "cost" in t.user_attrs and not reason.startswith(UNCOUNTED)
@@ -212,10 +213,62 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
         raise
 
 
+FIDELITY_STEPS = 1000  # intermediate values are reported at step = round(fraction x 1000)
+
+
+class _CountedTrialsView:
+    """A storage as a pruner should see it: without the trials cut off by an interruption or
+    released unevaluated. Their retry reports the same intermediate values again, and
+    successive halving counts every trial holding a rung value as a competitor, so an
+    interrupted trial would otherwise change later pruning decisions."""
+
+    def __init__(self, storage) -> None:
+        self._inner = storage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        trials = self._inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if not (t.state == TrialState.FAIL and not counts(t))]
+
+
+class CountedTrialsPruner(optuna.pruners.BasePruner):
+    """Runs ``inner`` on the study without its interrupted or released trials, so a resumed
+    cell prunes exactly as an uninterrupted one."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner = inner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        view = optuna.Study(study.study_name, _CountedTrialsView(study._storage), sampler=study.sampler,
+                            pruner=self.inner)
+        return self.inner.prune(view, trial)
+
+
+def progress_reporter(trial: optuna.Trial) -> tuple[Any, dict]:
+    """``report(fraction, value)`` for a task with a fidelity: stores the upper metric at
+    that fraction of the lower-level solve as an Optuna intermediate value, and raises
+    ``optuna.TrialPruned`` when the study's pruner stops the trial there; and the record
+    of the fraction reached (the cost of a pruned trial, in the task's cost unit)."""
+    progress = {"fraction": 0.0}
+
+    def report(fraction: float, value: float) -> None:
+        fraction = float(fraction)
+        progress["fraction"] = fraction
+        if math.isfinite(float(value)):
+            trial.report(float(value), int(round(fraction * FIDELITY_STEPS)))
+        if fraction < 1.0 and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at {fraction:.3g} of the lower-level solve")
+
+    return report, progress
+
+
 def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
     study, task = cell.study, cell.task
     params = trial.params
     cost = 1.0
+    reporter, progress = progress_reporter(trial)
     try:
         with get_heartbeat_thread(trial._trial_id, study._storage), measure() as m:
             if cell.use_oracle:
@@ -228,8 +281,15 @@ def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
                     "hypergrad": {k: float(v) for k, v in result.grad.items()},
                     "iteration": octx.iteration, "gamma": octx.gamma, **result.info,
                 }
+            elif task.fidelity:
+                metrics, extra = task.evaluate(params, cell.seed, report=reporter), {}
             else:
                 metrics, extra = task.evaluate(params, cell.seed), {}
+    except optuna.TrialPruned as exc:  # the method's pruner stopped it: it cost what it ran
+        _record(trial, m.as_attrs(), progress["fraction"], {"pruned_at": progress["fraction"]})
+        trial.set_user_attr("prune_reason", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     except Exception as exc:
         _record(trial, m.as_attrs(), cost, {})
         trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")

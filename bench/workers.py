@@ -52,19 +52,20 @@ def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 RETRY_OF = "failed_trial"  # Optuna's convention (RetryHeartbeatStaleTrialCallback.retried_trial_number)
+PRUNER_KEYS = ("completed_rung_",)  # a pruner's record of the original's progress, not the copy's
 
 
 def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Enqueue a copy of a cut-off trial, at most MAX_RETRY times per original.
 
     Like Optuna's ``RetryHeartbeatStaleTrialCallback``, the copy keeps the parameters and
-    the system attributes (a grid point, a bilevel slot) and records ``failed_trial`` (the
+    the system attributes (a grid point, a bilevel slot; not a pruner's rungs) and records ``failed_trial`` (the
     original's number, which keeps the configuration's slot, see
     :func:`diffhpo.methods.seeding.slot`) and ``retry_history``. Unlike it, the copy does not
     inherit the user attributes: the original's ``fail_reason``, worker and timings belong
     to the original, and trials.csv shows each trial's own record.
     """
-    system = {RETRY_OF: trial.number, **trial.system_attrs}
+    system = {RETRY_OF: trial.number, **{k: v for k, v in trial.system_attrs.items() if not k.startswith(PRUNER_KEYS)}}
     system["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(system["retry_history"]) > MAX_RETRY:
         return
@@ -136,11 +137,11 @@ def clear_stale_claim(study: optuna.Study) -> None:
         held = storage.get_study_id_from_name(claim_name(study))
     except KeyError:
         return
-    if _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
-        try:
+    try:
+        if _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
             storage.delete_study(held)
-        except KeyError:
-            pass  # another process removed it
+    except KeyError:
+        pass  # another process removed it
 
 
 @contextmanager
@@ -154,14 +155,17 @@ def claim_final(study: optuna.Study) -> Iterator[bool]:
     gone (a killed run) is taken over.
     """
     storage, name = study._storage, claim_name(study)
-    study_id = None
     for attempt in range(2):
         try:
             study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
             break
         except optuna.exceptions.DuplicatedStudyError:
-            held = storage.get_study_id_from_name(name)
-            if attempt == 0 and _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
+            try:
+                held = storage.get_study_id_from_name(name)
+                owner = str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))
+            except KeyError:  # released in the meantime: try again
+                continue
+            if attempt == 0 and _gone(owner):
                 try:
                     storage.delete_study(held)
                 except KeyError:
@@ -169,6 +173,9 @@ def claim_final(study: optuna.Study) -> Iterator[bool]:
                 continue
             yield False
             return
+    else:  # two rounds lost to other processes: theirs
+        yield False
+        return
     storage.set_study_user_attr(study_id, WORKER_KEY, worker_id())
     try:
         yield True

@@ -4,7 +4,7 @@ External packages register more through the ``diffhpo.methods`` entry-point grou
 :mod:`diffhpo.methods.base`).
 """
 
-from . import bilevel, botorch, default, grid, none, random, tpe, weighted_sum
+from . import bilevel, botorch, default, grid, hyperband, median, none, random, sha, tpe, weighted_sum
 from .base import METHODS, Method, MethodContext, register_method
 
 register_method("grid", grid.METHOD)
@@ -15,5 +15,8 @@ register_method("bilevel", bilevel.METHOD)
 register_method("none", none.METHOD)
 register_method("weighted-sum", weighted_sum.METHOD)
 register_method("default", default.METHOD)
+register_method("sha", sha.METHOD)
+register_method("hyperband", hyperband.METHOD)
+register_method("median", median.METHOD)
 
 __all__ = ["METHODS", "Method", "MethodContext", "register_method"]

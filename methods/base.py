@@ -63,6 +63,10 @@ class Method:
     (:meth:`Task.search_space_for <diffhpo.tasks.base.Task.search_space_for>`): every
     stock method searches ``"default"``; a baseline with parameters of its own (the reward
     tasks' ``weighted-sum``, ``none``) names its variant, and a task without it is skipped.
+    ``make_pruner(ctx)``, if given, returns the study's Optuna pruner (multi-fidelity
+    methods: successive halving, Hyperband, median stopping); it acts on the intermediate
+    values that tasks with a fidelity report (:attr:`Task.fidelity`), and the runner skips
+    the method on tasks without one.
     """
 
     description: str
@@ -72,6 +76,7 @@ class Method:
     options: Any = ()
     max_trials: Callable[[MethodContext], int] | None = None
     space: str = "default"
+    make_pruner: Callable[[MethodContext], optuna.pruners.BasePruner] | None = None
 
 
 METHODS: Registry[Method] = Registry("method", "diffhpo.methods")
@@ -79,6 +84,12 @@ METHODS: Registry[Method] = Registry("method", "diffhpo.methods")
 
 def register_method(name: str, method: Method) -> Method:
     return METHODS.register(name, method)
+
+
+def startup_trials(ctx: MethodContext) -> int:
+    """Random start-up trials of the model-based methods (TPE, BoTorch, and the pruning
+    methods built on TPE): a quarter of the budget, between 2 and 10."""
+    return max(2, min(10, int(ctx.budget) // 4))
 
 
 def best_params(study: optuna.Study) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 import torch
 
-from .base import Method, MethodContext, best_params
+from .base import Method, MethodContext, best_params, startup_trials
 from .seeding import TrialSeeded
 
 
@@ -33,10 +33,9 @@ def _sampler_class():
 
 
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:
-    n_startup = max(2, min(10, int(ctx.budget) // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BoTorchSampler is marked experimental
-        sampler = _sampler_class()(seed=ctx.seed, n_startup_trials=n_startup)
+        sampler = _sampler_class()(seed=ctx.seed, n_startup_trials=startup_trials(ctx))
     return TrialSeeded(sampler, ctx.seed)
 
 

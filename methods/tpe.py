@@ -2,13 +2,12 @@
 
 import optuna
 
-from .base import Method, MethodContext, best_params
+from .base import Method, MethodContext, best_params, startup_trials
 from .seeding import TrialSeeded
 
 
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:
-    n_startup = max(2, min(10, int(ctx.budget) // 4))
-    sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=n_startup, multivariate=True)
+    sampler = optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=startup_trials(ctx), multivariate=True)
     return TrialSeeded(sampler, ctx.seed)
 
 

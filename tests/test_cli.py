@@ -24,8 +24,6 @@ def call_ok(args, capsys):
 
 
 # Bad input: the table of tests/test_bad_input.py.
-    assert "Traceback" not in err and "Traceback" not in out
-    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
 
 
 def test_unwritable_output_folder(capsys, tmp_path):

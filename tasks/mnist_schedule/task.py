@@ -83,7 +83,6 @@ from typing import Any, Iterator, Mapping
 import torch
 from optuna.distributions import FloatDistribution
 
-from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult, Task

@@ -41,7 +41,6 @@ aesthetic score do in the paper) would give the bank estimate an interior optimu
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any

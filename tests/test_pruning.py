@@ -1,0 +1,170 @@
+"""Multi-fidelity methods (issue 17): intermediate values, pruned trials that cost the fraction
+they ran, the budget held with pruning, resume, and a pruning method from an external package."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from diffhpo.bench import storage as st
+from diffhpo.bench.registry import TASKS
+from diffhpo.bench.runner import RunSpec, run_matrix
+from diffhpo.bench.search import FIDELITY_STEPS
+from diffhpo.tasks.base import Metric, Task
+
+CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)
+
+
+class _Curves(Task):
+    """A 'training' of four checkpoints: loss(x, f) = (x - 0.3)^2 + (1 - f) / 4."""
+
+    name = "curves"
+    description = "test task with a fidelity"
+    fidelity = True
+    profiles = {"smoke": type("C", (), {"budget": 8.0, "checkpoints": CHECKPOINTS[:-1]})()}
+    calls = 0
+    interrupt_at = None
+
+    def __init__(self, profile="smoke", **options):
+        self.profile, self.config = profile, self.profiles[profile]
+
+    def describe_config(self):
+        return {"budget": 8.0}
+
+    @property
+    def metrics(self):
+        return [Metric("loss", "minimize")]
+
+    def search_space(self):
+        return {"x": FloatDistribution(-1, 1)}
+
+    def default_grid(self):
+        return {"x": [-1.0, 0.0, 1.0]}
+
+    def evaluate(self, params, seed, *, final=False, report=None):
+        loss = 0.0
+        for f in CHECKPOINTS:
+            type(self).calls += 1
+            if type(self).calls == type(self).interrupt_at:
+                raise KeyboardInterrupt
+            loss = (params["x"] - 0.3) ** 2 + (1 - f) / 4
+            if report is not None and f < 1.0:
+                report(f, loss)
+        return {"loss": loss}
+
+
+@pytest.fixture
+def curves():
+    TASKS.register("curves", _Curves)
+    _Curves.calls, _Curves.interrupt_at = 0, None
+    yield _Curves
+    TASKS.unregister("curves")
+
+
+def _spec(out, methods=("sha", "hyperband", "median")):
+    return RunSpec(tasks=["curves"], methods=list(methods), seeds=[0], profile="smoke", out=out, progress=False)
+
+
+def _trials(out, method):
+    return optuna.load_study(study_name=f"curves.{method}.smoke.seed0", storage=st.default_url(out)).trials
+
+
+def test_pruned_trials_cost_their_fraction_and_the_budget_holds(curves, tmp_path):
+    run_matrix(_spec(tmp_path), log=lambda s: None)
+    pruned_somewhere = False
+    for method in ("sha", "hyperband", "median"):
+        trials = _trials(tmp_path, method)
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        pruned_somewhere |= bool(pruned)
+        for t in pruned:
+            last = max(t.intermediate_values)
+            assert t.user_attrs["cost"] == pytest.approx(last / FIDELITY_STEPS)  # what it ran, measured
+            assert t.user_attrs["pruned_at"] == t.user_attrs["cost"] < 1.0
+        for t in trials:
+            if t.state == TrialState.COMPLETE:
+                assert t.user_attrs["cost"] == 1.0 and sorted(t.intermediate_values) == [250, 500, 750]
+        counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        spent = sum(t.user_attrs["cost"] for t in counted)
+        before_last = spent - counted[-1].user_attrs["cost"]
+        assert before_last < 8.0 <= spent  # a trial starts only while the spent cost is below the budget
+        assert len(counted) > 8 or not pruned  # pruning bought more trials than the budget's 8 full ones
+        study = optuna.load_study(study_name=f"curves.{method}.smoke.seed0", storage=st.default_url(tmp_path))
+        assert study.user_attrs["status"] == "done"
+    assert pruned_somewhere
+
+
+def test_pruning_methods_skip_tasks_without_fidelity(tmp_path):
+    lines = []
+    run_matrix(RunSpec(tasks=["quadratic"], methods=["sha", "random"], seeds=[0], profile="smoke", out=tmp_path,
+                       progress=False), log=lines.append)
+    assert any("quadratic.sha: skipped (a pruning method, and the task has no fidelity" in line for line in lines)
+    assert any("quadratic.random.smoke.seed0: done" in line for line in lines)
+
+
+def test_a_resumed_cell_with_pruned_trials_matches_an_uninterrupted_one(curves, tmp_path):
+    run_matrix(_spec(tmp_path / "one", ["sha", "median"]), log=lambda s: None)
+    curves.calls, curves.interrupt_at = 0, 23
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(_spec(tmp_path / "two", ["sha", "median"]), log=lambda s: None)
+    curves.interrupt_at = None
+    run_matrix(_spec(tmp_path / "two", ["sha", "median"]), log=lambda s: None)
+    for method in ("sha", "median"):
+        def key(trials):
+            return sorted((round(t.params["x"], 12), t.state.name, t.value, tuple(sorted(t.intermediate_values.items())))
+                          for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+        assert key(_trials(tmp_path / "two", method)) == key(_trials(tmp_path / "one", method)), method
+        assert not [t for t in _trials(tmp_path / "two", method)
+                    if t.state == TrialState.FAIL and not t.user_attrs["fail_reason"].startswith("interrupted")]
+
+
+PLUGIN = '''
+import optuna
+from diffhpo.methods.base import Method, best_params
+
+
+def make_sampler(ctx):
+    return optuna.samplers.RandomSampler(seed=ctx.seed)
+
+
+def make_pruner(ctx):
+    return optuna.pruners.ThresholdPruner(upper=0.3)
+
+
+METHOD = Method("random search with a threshold pruner, from an external package", make_sampler,
+                choose=best_params, make_pruner=make_pruner)
+'''
+
+TASK = '''
+import sys
+sys.path.insert(0, {tests!r})
+from test_pruning import _Curves as TASK
+'''
+
+
+def test_an_external_pruning_method_through_the_entry_point(tmp_path):
+    (tmp_path / "diffhpo_threshold.py").write_text(PLUGIN)
+    (tmp_path / "diffhpo_curves_task.py").write_text(TASK.format(tests=os.path.dirname(__file__)))
+    info = tmp_path / "diffhpo_threshold-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffhpo-threshold\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent("""
+        [diffhpo.methods]
+        threshold = diffhpo_threshold:METHOD
+        [diffhpo.tasks]
+        curves = diffhpo_curves_task:TASK
+        """))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = tmp_path / "out"
+    ran = subprocess.run([sys.executable, "-m", "diffhpo", "run", "--task", "curves", "--method", "threshold",
+                          "--profile", "smoke", "--out", str(out), "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    trials = pd.read_csv(out / "trials.csv")
+    pruned = trials[trials.state == "PRUNED"]
+    assert len(pruned) > 0 and (pruned.cost < 1).all()  # points far from 0.3 exceed the threshold early
