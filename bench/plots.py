@@ -125,3 +125,48 @@ def _log_axis(values: pd.Series) -> bool:
 
 def _direction(cells: pd.DataFrame) -> str:
     return str(cells["direction"].iloc[0]) if "direction" in cells else "minimize"
+
+
+def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """Median regret over seeds with its 25-75% band, one colour per method: against the
+    fraction of the budget spent (left) and against search wall time (right). ``curves``
+    holds both axes of one task and profile (:func:`diffhpo.bench.analysis.regret.curves`)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    kind = curves.kind.iloc[0]
+    ylabel = "normalised regret (0 = best, 1 = default)" if kind == "normalised" else "regret"
+    for ax, (axis, xlabel) in zip(axes, [("fraction", "fraction of the budget spent"),
+                                         ("elapsed_s", "search wall time (s)")]):
+        c = curves[curves.axis == axis]
+        for i, (method, m) in enumerate(c.groupby("method", sort=True)):
+            ax.plot(m.x, m["median"], color=f"C{i}", label=f"{method} ({m.n_seeds.iloc[0]} seeds)")
+            ax.fill_between(m.x, m.q25, m.q75, color=f"C{i}", alpha=0.2, linewidth=0)
+        vals = np.abs(c[["median", "q25", "q75"]].to_numpy(float))
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        ax.set_yscale("symlog", linthresh=float(max(vals.min(), 1e-12)) if len(vals) else 1e-3)
+        if axis == "elapsed_s":
+            ax.set_xscale("log")
+        if kind == "normalised":
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"{title}: median over seeds, band = 25-75%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, cd: float, title: str, path: Path) -> Path:
+    """Critical-difference diagram (scikit-posthocs): mean ranks on the axis, methods not
+    significantly different (post-hoc p >= 0.05) joined by a bar."""
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(mean_ranks)))
+    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, cd=cd)
+    ax.set_title(title, fontsize="medium", pad=32)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
