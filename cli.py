@@ -196,7 +196,6 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
     """Write the report into ``out``: from ``storage`` (default ``OUT/diffhpo.sqlite3``), or
     from the storages in ``merge``. ``run`` calls it with the defaults (report.html too)."""
     from .bench import storage as st
-    from .bench.provenance import command_line
     from .bench.report import write_frames, write_report
 
     if merge:
@@ -204,7 +203,7 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
 
         trials, cells = collect_sources(merge)
         written = write_frames(trials, cells, st.ensure_writable(Path(out)), plots=plots, html=html,
-                               command=command_line())
+                               command=_command())
     else:
         if storage is None:
             db = Path(out) / st.DEFAULT_DB
@@ -212,12 +211,41 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
                 raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
             storage = st.default_url(Path(out))
         written = write_report(st.open_storage(storage), st.ensure_writable(Path(out)), plots=plots, html=html,
-                               command=command_line(), source=storage)
+                               command=_command(), source=storage)
     for path in written.values():
         click.echo(f"wrote {path}", err=True)
     for key in ("summary_md", "comparison_md"):
         if written.get(key) is not None:
             click.echo(written[key].read_text())
+
+
+def _command() -> str | None:
+    """The current command (``diffhpo run ...`` or ``diffhpo report ...``) with the options
+    given, rebuilt from click's context (the same when called in-process); None outside one."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    parts = ["diffhpo", ctx.info_name]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source == click.core.ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value]
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                parts.append(flag)
+            elif param.secondary_opts:
+                parts.append(max(param.secondary_opts, key=len))
+        else:
+            for v in value if getattr(param, "multiple", False) else [value]:
+                parts += [flag, str(v)]
+    return shlex.join(parts)
 
 
 @cli.command(name="list")
