@@ -23,7 +23,7 @@ from .analysis import pairs as pairs_mod
 from .analysis import ranks as ranks_mod
 from .analysis import regret as regret_mod
 
-ALL_TASKS = "(all tasks)"
+ALL_TASKS = regret_mod.ALL_TASKS
 
 
 @dataclass
@@ -44,8 +44,8 @@ def compare(trials: pd.DataFrame, cells: pd.DataFrame) -> Comparison:
                                                                        seeds=f.n_blocks)
                for f in friedman]
     ranks = pd.concat([per_task, *overall], ignore_index=True)[per_task.columns] if len(per_task) else per_task
-    curves = pd.concat([regret_mod.curves(trials, cells, axis) for axis in ("fraction", "elapsed_s")],
-                       ignore_index=True)
+    curves = pd.concat([regret_mod.curves(trials, cells, axis) for axis in ("fraction", "elapsed_s")]
+                       + [regret_mod.pooled(trials, cells)], ignore_index=True)
     return Comparison(points=pts, references=regret_mod.references(cells), ranks=ranks, friedman=friedman,
                       pairs=pairs_mod.pairwise(pts), curves=curves)
 

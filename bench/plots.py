@@ -129,16 +129,18 @@ def _direction(cells: pd.DataFrame) -> str:
 
 def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     """Median regret over seeds with its 25-75% band, one colour per method: against the
-    fraction of the budget spent (left) and against search wall time (right). ``curves``
-    holds both axes of one task and profile (:func:`diffhpo.bench.analysis.regret.curves`)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fraction of the budget spent and, where ``curves`` has it, against search wall time
+    (:func:`diffhpo.bench.analysis.regret.curves` of one task and profile, or
+    :func:`~diffhpo.bench.analysis.regret.pooled`)."""
+    panels = [(a, label) for a, label in [("fraction", "fraction of the budget spent"),
+                                          ("elapsed_s", "search wall time (s)")] if (curves.axis == a).any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     kind = curves.kind.iloc[0]
     ylabel = "normalised regret (0 = best, 1 = default)" if kind == "normalised" else "regret"
-    for ax, (axis, xlabel) in zip(axes, [("fraction", "fraction of the budget spent"),
-                                         ("elapsed_s", "search wall time (s)")]):
+    for ax, (axis, xlabel) in zip(axes.flat, panels):
         c = curves[curves.axis == axis]
         for i, (method, m) in enumerate(c.groupby("method", sort=True)):
-            ax.plot(m.x, m["median"], color=f"C{i}", label=f"{method} ({m.n_seeds.iloc[0]} seeds)")
+            ax.plot(m.x, m["median"], color=f"C{i}", label=f"{method} ({m.n_seeds.iloc[0]} runs)")
             ax.fill_between(m.x, m.q25, m.q75, color=f"C{i}", alpha=0.2, linewidth=0)
         vals = np.abs(c[["median", "q25", "q75"]].to_numpy(float))
         vals = vals[np.isfinite(vals) & (vals > 0)]
@@ -150,8 +152,8 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    fig.suptitle(f"{title}: median over seeds, band = 25-75%")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{title}: median, band = 25-75%")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

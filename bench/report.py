@@ -230,6 +230,7 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
     """Every PNG of the report, keyed by ``task/profile``, by ``task`` (the task's own
     pictures) and by ``profile`` (the across-task diagram)."""
     from ..tasks import TASKS
+    from . import comparison
     from . import plots as pl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,9 +239,14 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
         task, profile = path.stem.rsplit("_", 2)[:2]
         pictures.setdefault(f"{task}/{profile}", []).append(path)
     for (task, profile), c in comp.curves.groupby(["task", "profile"], sort=True) if len(comp.curves) else []:
-        path = pl.regret_curves(c, f"{task} ({profile}): {c.kind.iloc[0]} regret",
-                                folder / f"{task}_{profile}_regret.png")
-        pictures.setdefault(f"{task}/{profile}", []).append(path)
+        if task == comparison.ALL_TASKS:
+            path = pl.regret_curves(c, f"all tasks ({profile}): normalised regret of every (task, seed) run",
+                                    folder / f"{profile}_regret.png")
+            pictures.setdefault(profile, []).append(path)
+        else:
+            path = pl.regret_curves(c, f"{task} ({profile}): {c.kind.iloc[0]} regret over seeds",
+                                    folder / f"{task}_{profile}_regret.png")
+            pictures.setdefault(f"{task}/{profile}", []).append(path)
     for f in comp.friedman:
         if f.tested:
             title = (f"profile {f.profile}: {len(f.methods)} methods, {f.n_blocks} (task, seed) blocks, "

@@ -41,13 +41,14 @@ def add_cell(storage, method, seed, values, final, *, task="synth", budget=4.0, 
         study.set_user_attr(k, v)
 
 
-def synth_storage(url, seeds, *, optimum=0.0, default=True, default_seeds=None):
+def synth_storage(url, seeds, *, optimum=0.0, default=True, default_seeds=None, tasks=("synth",)):
     storage = st.open_storage(url)
-    for s in seeds:
-        add_cell(storage, "good", s, GOOD, 0.1 + 0.01 * s, optimum=optimum)
-        add_cell(storage, "bad", s, BAD, 0.6 + 0.02 * s, optimum=optimum)
-        if default and s in (default_seeds if default_seeds is not None else seeds):
-            add_cell(storage, "default", s, [1.0 + 0.1 * s], 1.0 + 0.1 * s, optimum=optimum)
+    for task in tasks:
+        for s in seeds:
+            add_cell(storage, "good", s, GOOD, 0.1 + 0.01 * s, optimum=optimum, task=task)
+            add_cell(storage, "bad", s, BAD, 0.6 + 0.02 * s, optimum=optimum, task=task)
+            if default and s in (default_seeds if default_seeds is not None else seeds):
+                add_cell(storage, "default", s, [1.0 + 0.1 * s], 1.0 + 0.1 * s, optimum=optimum, task=task)
     return storage
 
 
@@ -122,6 +123,19 @@ def test_ranks_and_friedman_when_one_method_dominates(tmp_path):
     assert f.nemenyi.loc["good", "default"] < 0.05 and f.nemenyi.loc["good", "bad"] > 0.05
     assert f.cd == pytest.approx(stats.studentized_range.ppf(0.95, 3, np.inf) / np.sqrt(2) * np.sqrt(3 * 4 / (6 * n)))
     assert comp.ranks[comp.ranks.task == "(all tasks)"].set_index("method")["rank final"]["good"] == 1.0
+
+
+def test_across_tasks_every_task_seed_run_is_a_block_and_regret_is_pooled(tmp_path):
+    storage = synth_storage(f"sqlite:///{tmp_path}/s.db", range(3), tasks=("synth", "synth2"))
+    written = write_report(storage, tmp_path / "out")
+    trials, cells = collect(storage)
+    comp = compare(trials, cells)
+    (f,) = comp.friedman
+    assert f.tested and f.n_blocks == 6 and f.n_tasks == 2 and f.statistic == pytest.approx(12.0)
+    pooled = comp.curves[comp.curves.task == "(all tasks)"]
+    good = pooled[(pooled.method == "good") & np.isclose(pooled.x, 0.5)].iloc[0]
+    assert good.n_seeds == 6 and good["median"] == pytest.approx(np.median([0.4 / (1.0 + 0.1 * s) for s in range(3)]))
+    assert written["smoke_regret"].exists() and written["smoke_critical_difference"].exists()
 
 
 def test_pairwise_test_and_bootstrap_interval(tmp_path):

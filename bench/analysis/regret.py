@@ -36,6 +36,7 @@ KEYS = ["task", "profile", "method", "seed"]
 AT = {"25%": 0.25, "50%": 0.5, "100%": 1.0}
 FINAL = "final"
 DEFAULT_METHOD = "default"
+ALL_TASKS = "(all tasks)"
 _EPS = 1e-9  # fractions are sums of float costs
 
 
@@ -154,14 +155,12 @@ def add_regret(pts: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def curves(trials: pd.DataFrame, cells: pd.DataFrame, axis: str, n: int = 101) -> pd.DataFrame:
-    """Median and 25-75% band over seeds of each method's regret against ``axis``
-    (``fraction`` of the budget, or ``elapsed_s`` search seconds), per task and profile.
-    ``kind`` is ``normalised`` where the task has a default reference, else ``plain``."""
+def _cell_curves(trials: pd.DataFrame, cells: pd.DataFrame, axis: str, n: int):
+    """Per task and profile: (grid, kind, {method: [each seed's regret on the grid]})."""
     refs = references(cells).set_index(["task", "profile"])
     cell_ref = reference_of(cells)
     by_cell = _cell_trials(trials)
-    rows = []
+    out = {}
     for (task, profile), g in cells.groupby(["task", "profile"], sort=True):
         best = refs.best[(task, profile)]
         paths = {i: search_path(by_cell[tuple(c[k] for k in KEYS)], _maximise(c.direction))
@@ -174,21 +173,54 @@ def curves(trials: pd.DataFrame, cells: pd.DataFrame, axis: str, n: int = 101) -
                 continue
             ts = pd.concat(t)
             grid = np.geomspace(max(float(ts.min()), 1e-6), max(float(ts.max()), 1e-6), n)
-        normalised = g.index.isin(cell_ref.dropna().index).all() and refs.note[(task, profile)] == ""
-        for method, m in g.groupby("method", sort=True):
-            regs = []
-            for i, c in m.iterrows():
-                if i not in paths:
-                    continue
+        normalised = refs.note[(task, profile)] == ""
+        per_method: dict[str, list[np.ndarray]] = {}
+        for i, c in g.iterrows():
+            if i in paths:
                 r, nr = _regret(value_at(paths[i], grid, axis), best, cell_ref[i], c.direction)
-                regs.append(nr if normalised else r)
-            if not regs:
-                continue
-            regs = np.array(regs)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # all-NaN columns before every seed's first trial
-                q25, med, q75 = np.nanquantile(regs, [0.25, 0.5, 0.75], axis=0)
-            rows.append(pd.DataFrame({"task": task, "profile": profile, "method": method, "axis": axis,
-                                      "kind": "normalised" if normalised else "plain", "x": grid,
-                                      "median": med, "q25": q25, "q75": q75, "n_seeds": len(regs)}))
+                per_method.setdefault(c.method, []).append(nr if normalised else r)
+        out[(task, profile)] = (grid, "normalised" if normalised else "plain", per_method)
+    return out
+
+
+def _band(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN columns before every seed's first trial
+        return tuple(np.nanquantile(np.array(rows), [0.25, 0.5, 0.75], axis=0))
+
+
+def curves(trials: pd.DataFrame, cells: pd.DataFrame, axis: str, n: int = 101) -> pd.DataFrame:
+    """Median and 25-75% band over seeds of each method's regret against ``axis``
+    (``fraction`` of the budget, or ``elapsed_s`` search seconds), per task and profile.
+    ``kind`` is ``normalised`` where the task has a default reference, else ``plain``."""
+    rows = []
+    for (task, profile), (grid, kind, per_method) in _cell_curves(trials, cells, axis, n).items():
+        for method, regs in sorted(per_method.items()):
+            q25, med, q75 = _band(regs)
+            rows.append(pd.DataFrame({"task": task, "profile": profile, "method": method, "axis": axis, "kind": kind,
+                                      "x": grid, "median": med, "q25": q25, "q75": q75, "n_seeds": len(regs)}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def pooled(trials: pd.DataFrame, cells: pd.DataFrame, n: int = 101) -> pd.DataFrame:
+    """Across tasks, per profile: median and 25-75% band of the normalised regret of every
+    (task, seed) run of a method against the fraction of the budget, over the tasks that
+    have a default reference (``n_seeds`` counts the runs pooled); only profiles with at
+    least two such tasks. Wall time is not pooled: its scale differs between tasks."""
+    pools: dict[tuple[str, str], list[np.ndarray]] = {}
+    tasks: dict[str, set[str]] = {}
+    grid = np.linspace(0.0, 1.0, n)
+    for (task, profile), (_, kind, per_method) in _cell_curves(trials, cells, "fraction", n).items():
+        if kind == "normalised":
+            tasks.setdefault(profile, set()).add(task)
+            for method, regs in per_method.items():
+                pools.setdefault((profile, method), []).extend(regs)
+    rows = []
+    for (profile, method), regs in sorted(pools.items()):
+        if len(tasks[profile]) < 2:
+            continue
+        q25, med, q75 = _band(regs)
+        rows.append(pd.DataFrame({"task": ALL_TASKS, "profile": profile, "method": method, "axis": "fraction",
+                                  "kind": "normalised", "x": grid, "median": med, "q25": q25, "q75": q75,
+                                  "n_seeds": len(regs)}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
