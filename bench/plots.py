@@ -160,14 +160,15 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
-def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, cd: float, title: str, path: Path) -> Path:
+def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str, path: Path) -> Path:
     """Critical-difference diagram (scikit-posthocs): mean ranks on the axis, methods not
-    significantly different (post-hoc p >= 0.05) joined by a bar."""
+    significantly different (post-hoc p >= 0.05) joined by a bar. The critical difference
+    itself belongs in ``title`` (scikit-posthocs draws its bar over the tick labels)."""
     import scikit_posthocs as sp
 
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(mean_ranks)))
-    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, cd=cd)
-    ax.set_title(title, fontsize="medium", pad=32)
+    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax)
+    ax.set_title(title, fontsize="medium", pad=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

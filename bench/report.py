@@ -250,8 +250,8 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
     for f in comp.friedman:
         if f.tested:
             title = (f"profile {f.profile}: {len(f.methods)} methods, {f.n_blocks} (task, seed) blocks, "
-                     f"Friedman p = {f.p_value:.3g}; CD = {f.cd:.3g}")
-            path = pl.critical_difference(f.mean_ranks["rank final"], f.nemenyi, f.cd, title,
+                     f"Friedman p = {f.p_value:.3g}; Nemenyi critical difference {f.cd:.3g}")
+            path = pl.critical_difference(f.mean_ranks["rank final"], f.nemenyi, title,
                                           folder / f"{f.profile}_critical_difference.png")
             pictures.setdefault(f.profile, []).append(path)
     for task in sorted(cells.task.unique()):
