@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -16,13 +17,18 @@ PACKAGES = ["diffhpo", "optuna", "torch", "torchvision", "torch-fidelity", "diff
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def redact(text: str) -> str:
+    """Hide passwords of URLs (``postgresql://user:secret@host`` -> ``user:***@host``)."""
+    return re.sub(r"(\w[\w+.-]*://[^/\s:@]+):[^\s/]*@", r"\1:***@", text)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed: ``diffhpo ...`` when run through the console script or
     ``python -m diffhpo``."""
     argv = list(sys.argv if argv is None else argv)
     if argv and (Path(argv[0]).name in ("diffhpo", "__main__.py")):
         argv[0] = "diffhpo"
-    return shlex.join(argv)
+    return redact(shlex.join(argv))
 
 
 def versions() -> dict[str, str]:
@@ -53,7 +59,7 @@ def git_commit(root: Path = ROOT) -> str:
 def provenance(command: str | None = None) -> dict[str, str]:
     """Flat description of this environment (one value per key)."""
     return {
-        "command": command or command_line(),
+        "command": redact(command or command_line()),
         "written_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "git_commit": git_commit(),
         "python": platform.python_version(),

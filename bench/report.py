@@ -191,7 +191,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     :mod:`diffhpo.bench.merge`). ``source`` labels the rows of the export where the frames
     have no ``source`` column."""
     from . import comparison, export
-    from .provenance import provenance
+    from .provenance import provenance, redact
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +210,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     info = provenance(command)
     if "source" not in cells:
         cells, trials = cells.assign(source=source), trials.assign(source=source)
+    cells, trials = cells.assign(source=cells.source.map(redact)), trials.assign(source=trials.source.map(redact))
     for i, path in enumerate(export.write(export.long_table(trials, cells, info), out)):
         written[f"export_{i}"] = path
     pictures: dict[str, list[Path]] = {}

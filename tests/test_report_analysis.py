@@ -235,3 +235,14 @@ def test_bad_merge_input_is_one_error_line_with_exit_2(tmp_path, capsys, case, n
     assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
     if case == "alien":  # the foreign database was not turned into an Optuna storage
         assert sqlite3.connect(tmp_path / "x.db").execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+
+
+def test_no_html_flag_and_passwords_hidden(tmp_path, capsys):
+    from diffhpo.bench.provenance import redact
+
+    synth_storage(st.default_url(tmp_path), range(2))
+    assert _run(["report", "--out", str(tmp_path), "--no-html", "--no-plots"]) == 0
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "plots").exists()
+    assert (tmp_path / "ranks.csv").exists() and "# diffhpo comparison" in capsys.readouterr().out
+    assert redact("run --storage postgresql://me:p@ss:w0rd@db:5432/x") == "run --storage postgresql://me:***@db:5432/x"
+    assert redact("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
