@@ -9,6 +9,8 @@ Files (in the report folder):
   task ``(all tasks)``: the mean rank over every (task, seed) block of the profile.
 * ``pairs.csv``: per task and pair of methods, wins/ties/losses over seeds, median
   difference with its bootstrap confidence interval, Wilcoxon p-value and Holm-adjusted.
+* ``pairs_over_tasks.csv``: per profile and pair, the tasks where A's median final value beats
+  B's, ties or loses, and where the per-task test finds A or B significantly better.
 * ``comparison.md``: all of the above as text, with the Friedman test per profile.
 """
 
@@ -33,6 +35,7 @@ class Comparison:
     ranks: pd.DataFrame  # ranks.csv
     friedman: list[ranks_mod.Friedman]
     pairs: pd.DataFrame  # pairs.csv
+    pairs_over_tasks: pd.DataFrame  # pairs_over_tasks.csv
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -46,17 +49,19 @@ def compare(trials: pd.DataFrame, cells: pd.DataFrame) -> Comparison:
     ranks = pd.concat([per_task, *overall], ignore_index=True)[per_task.columns] if len(per_task) else per_task
     curves = pd.concat([regret_mod.curves(trials, cells, axis) for axis in ("fraction", "elapsed_s")]
                        + [regret_mod.pooled(trials, cells)], ignore_index=True)
+    pairs = pairs_mod.pairwise(pts)
     return Comparison(points=pts, references=regret_mod.references(cells), ranks=ranks, friedman=friedman,
-                      pairs=pairs_mod.pairwise(pts), curves=curves)
+                      pairs=pairs, pairs_over_tasks=pairs_mod.over_tasks(pts, pairs), curves=curves)
 
 
 def write_tables(comp: Comparison, out: Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"regret": out / "regret.csv", "ranks": out / "ranks.csv", "pairs": out / "pairs.csv",
-             "comparison_md": out / "comparison.md"}
+             "pairs_over_tasks": out / "pairs_over_tasks.csv", "comparison_md": out / "comparison.md"}
     comp.points.to_csv(paths["regret"], index=False)
     comp.ranks.to_csv(paths["ranks"], index=False)
     comp.pairs.to_csv(paths["pairs"], index=False)
+    comp.pairs_over_tasks.to_csv(paths["pairs_over_tasks"], index=False)
     paths["comparison_md"].write_text(markdown(comp))
     return paths
 
@@ -98,6 +103,22 @@ def pair_table(comp: Comparison, task: str, profile: str) -> pd.DataFrame:
     })
 
 
+def tasks_table(comp: Comparison, profile: str) -> pd.DataFrame:
+    p = comp.pairs_over_tasks
+    if p.empty:
+        return p
+    p = p[p.profile == profile]
+    return pd.DataFrame({
+        "A": p.a, "B": p.b, "tasks": p.tasks,
+        "A wins / ties / losses (median over seeds)": [f"{w} / {t} / {lo}" for w, t, lo in zip(p.a_wins, p.ties, p.a_losses)],
+        "significantly better (Holm, per task): A / B": [f"{x} / {y}" for x, y in zip(p.a_significantly_better,
+                                                                                      p.b_significantly_better)],
+    })
+
+
+TASKS_CAPTION = "Pairs of methods over tasks (a task counts once; 'significantly' needs the per-task test):"
+
+
 def reference_text(comp: Comparison, task: str, profile: str) -> str:
     ref = comp.references.set_index(["task", "profile"]).loc[(task, profile)]
     text = f"Best value of `{ref.primary}` ({ref.direction}): {ref.best:.6g}, the {ref.best_source}."
@@ -117,6 +138,9 @@ def markdown(comp: Comparison) -> str:
     for f in comp.friedman:
         out += [f"## All tasks, profile {f.profile}", "", ranks_mod.describe(f), "",
                 f.mean_ranks.round(2).rename_axis("method").reset_index().to_markdown(index=False), ""]
+        tt = tasks_table(comp, f.profile)
+        if len(tt):
+            out += [TASKS_CAPTION, "", tt.to_markdown(index=False), ""]
     for task, profile in comp.references[["task", "profile"]].itertuples(index=False):
         out += [f"## {task} ({profile} profile)", "", reference_text(comp, task, profile), "",
                 "Regret, median [25%, 75%] over seeds:", "",

@@ -18,7 +18,8 @@ def sections(summary: pd.DataFrame, cells: pd.DataFrame, comp: cmp.Comparison, p
     out = [Section("Across tasks", paragraphs=[cmp.POINTS_TEXT], children=[
         Section(f"Profile {f.profile}", paragraphs=[ranks_mod.describe(f)],
                 tables=[("Mean rank over (task, seed) blocks (1 = best):",
-                         f.mean_ranks.round(2).rename_axis("method").reset_index())],
+                         f.mean_ranks.round(2).rename_axis("method").reset_index()),
+                        (cmp.TASKS_CAPTION, cmp.tasks_table(comp, f.profile))],
                 images=pictures.get(f.profile, []))
         for f in comp.friedman])]
     for task in sorted(cells.task.unique()):

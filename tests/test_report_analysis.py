@@ -199,7 +199,7 @@ def test_merge_two_storages_equals_one_storage_with_all_seeds(tmp_path, capsys):
                  str(tmp_path / "b" / "cells.log")]) == 0
     assert _run(["report", "--out", str(tmp_path / "one"), "--no-plots", "--storage", f"sqlite:///{tmp_path}/all.db"]) == 0
     capsys.readouterr()
-    for name in ["ranks.csv", "pairs.csv", "regret.csv", "summary.csv"]:
+    for name in ["ranks.csv", "pairs.csv", "pairs_over_tasks.csv", "regret.csv", "summary.csv"]:
         merged, one = pd.read_csv(tmp_path / "merged" / name), pd.read_csv(tmp_path / "one" / name)
         pd.testing.assert_frame_equal(merged, one, check_exact=False)
     long = pd.read_csv(tmp_path / "merged" / "results_long.csv")
@@ -246,3 +246,13 @@ def test_no_html_flag_and_passwords_hidden(tmp_path, capsys):
     assert (tmp_path / "ranks.csv").exists() and "# diffhpo comparison" in capsys.readouterr().out
     assert redact("run --storage postgresql://me:p@ss:w0rd@db:5432/x") == "run --storage postgresql://me:***@db:5432/x"
     assert redact("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
+
+
+def test_pairs_over_tasks_count_tasks_and_significant_ones(tmp_path):
+    storage = synth_storage(f"sqlite:///{tmp_path}/s.db", range(8), tasks=("synth", "synth2"))
+    add_cell(storage, "good", 0, GOOD, 0.1, task="synth3")  # a third task, one seed: no test there
+    add_cell(storage, "bad", 0, BAD, 0.05, task="synth3")  # where bad beats good
+    comp = compare(*collect(storage))
+    row = comp.pairs_over_tasks.set_index(["a", "b"]).loc[("bad", "good")]
+    assert (row.tasks, row.a_wins, row.ties, row.a_losses) == (3, 1, 0, 2)
+    assert (row.a_significantly_better, row.b_significantly_better) == (0, 2)

@@ -11,7 +11,11 @@ better in the metric's direction, and a tie is a difference within 1e-9 relative
 * Confidence interval: percentile bootstrap of the median difference
   (:func:`scipy.stats.bootstrap`, paired by seed, 9,999 resamples, seeded).
 
-Both need at least ``MIN_PAIRS`` seeds with a non-zero difference: with 5, the smallest
+Across tasks (:func:`over_tasks`), per profile: on how many tasks A's median final value over
+seeds beats B's, ties or loses, and on how many of those the per-task test finds A (or B)
+significantly better (Holm p < 0.05).
+
+Both tests need at least ``MIN_PAIRS`` seeds with a non-zero difference: with 5, the smallest
 two-sided exact p-value of the signed-rank test is 2 / 2^5 = 0.0625, so it could never
 reject at 0.05, and a bootstrap of 5 values has few distinct medians. Below that the row
 gives counts only and says "too few seeds".
@@ -68,6 +72,34 @@ def pairwise(pts: pd.DataFrame, at: str = FINAL) -> pd.DataFrame:
             for r, p in zip(tested, holm):
                 r["p_holm"] = float(p)
         rows += task_rows
+    return pd.DataFrame(rows)
+
+
+def _better(a: float, b: float, direction: str) -> int:
+    """+1 when a is better than b, -1 when worse, 0 for a tie (1e-9 relative)."""
+    if np.isclose(a, b, rtol=1e-9, atol=0.0):
+        return 0
+    return 1 if (a < b) != (direction == "maximize") else -1
+
+
+def over_tasks(pts: pd.DataFrame, per_task: pd.DataFrame, at: str = FINAL) -> pd.DataFrame:
+    """One row per profile and pair (A, B): tasks where A's median over seeds is better,
+    equal or worse than B's, and tasks where the per-task test finds either significantly
+    better (``per_task``: the frame of :func:`pairwise`)."""
+    rows = []
+    sel = pts[(pts["at"] == at) & pts.value.notna()]
+    for profile, g in sel.groupby("profile", sort=True):
+        med = g.groupby(["task", "method"]).value.median().unstack()
+        direction = g.groupby("task").direction.first()
+        for a, b in itertools.combinations(sorted(med.columns), 2):
+            both = med[[a, b]].dropna()
+            outcome = [_better(both.at[t, a], both.at[t, b], direction[t]) for t in both.index]
+            tested = per_task[(per_task.profile == profile) & (per_task.a == a) & (per_task.b == b)
+                              & (per_task.p_holm < ALPHA)] if len(per_task) else per_task
+            sig = [_better(r.median_difference, 0.0, r.direction) for r in tested.itertuples()]
+            rows.append({"profile": profile, "a": a, "b": b, "tasks": len(both), "a_wins": outcome.count(1),
+                         "ties": outcome.count(0), "a_losses": outcome.count(-1),
+                         "a_significantly_better": sig.count(1), "b_significantly_better": sig.count(-1)})
     return pd.DataFrame(rows)
 
 
