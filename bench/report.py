@@ -1,4 +1,7 @@
-"""Tables from a storage: ``trials.csv``, ``cells.csv``, ``summary.csv`` and ``summary.md``.
+"""The report from a storage: ``trials.csv``, ``cells.csv``, ``summary.csv`` and ``summary.md``
+here; the comparison of methods (:mod:`.comparison`: regret, ranks, tests), the tidy export
+(:mod:`.export`), the plots (:mod:`.plots` and each task's own) and ``report.html``
+(:mod:`.html`, :mod:`.report_page`) through :func:`write_frames`.
 
 * ``trials.csv``: one row per trial of every cell (parameters, value, state, cost, wall and
   CPU seconds, sampler seconds, peak memory, every metric, failure reason).
@@ -195,9 +198,12 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if "source" in cells:  # storage URLs: without passwords
+        cells = cells.assign(source=cells.source.map(redact))
+        trials = trials.assign(source=trials.source.map(redact)) if "source" in trials else trials
     written = {}
-    trials.drop(columns=["source"], errors="ignore").to_csv(out / "trials.csv", index=False)
-    cells.drop(columns=["source"], errors="ignore").to_csv(out / "cells.csv", index=False)
+    trials.to_csv(out / "trials.csv", index=False)  # merged storages: with a source column
+    cells.to_csv(out / "cells.csv", index=False)
     written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
     if cells.empty:
         return written
@@ -209,8 +215,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     written.update(comparison.write_tables(comp, out))
     info = provenance(command)
     if "source" not in cells:
-        cells, trials = cells.assign(source=source), trials.assign(source=source)
-    cells, trials = cells.assign(source=cells.source.map(redact)), trials.assign(source=trials.source.map(redact))
+        cells, trials = cells.assign(source=redact(source)), trials.assign(source=redact(source))
     for i, path in enumerate(export.write(export.long_table(trials, cells, info), out)):
         written[f"export_{i}"] = path
     pictures: dict[str, list[Path]] = {}
