@@ -131,7 +131,8 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     """Median regret over seeds with its 25-75% band, one colour per method: against the
     fraction of the budget spent and, where ``curves`` has it, against search wall time
     (:func:`diffhpo.bench.analysis.regret.curves` of one task and profile, or
-    :func:`~diffhpo.bench.analysis.regret.pooled`)."""
+    :func:`~diffhpo.bench.analysis.regret.pooled`). A run enters the median at its first
+    completed trial, so a pooled curve can rise where a task's runs join it."""
     panels = [(a, label) for a, label in [("fraction", "fraction of the budget spent"),
                                           ("elapsed_s", "search wall time (s)")] if (curves.axis == a).any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
@@ -142,9 +143,13 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         for i, (method, m) in enumerate(c.groupby("method", sort=True)):
             ax.plot(m.x, m["median"], color=f"C{i}", label=f"{method} ({m.n_seeds.iloc[0]} runs)")
             ax.fill_between(m.x, m.q25, m.q75, color=f"C{i}", alpha=0.2, linewidth=0)
-        vals = np.abs(c[["median", "q25", "q75"]].to_numpy(float))
-        vals = vals[np.isfinite(vals) & (vals > 0)]
-        ax.set_yscale("symlog", linthresh=float(max(vals.min(), 1e-12)) if len(vals) else 1e-3)
+        vals = c[["median", "q25", "q75"]].to_numpy(float)
+        vals = vals[np.isfinite(vals)]
+        if len(vals) and (vals > 0).all():
+            ax.set_yscale("log")
+        else:  # zero or negative regret (the best value reached, or beaten by a lucky search value)
+            pos = np.abs(vals[vals != 0])
+            ax.set_yscale("symlog", linthresh=float(max(pos.min(), 1e-12)) if len(pos) else 1e-3)
         if axis == "elapsed_s":
             ax.set_xscale("log")
         if kind == "normalised":
@@ -153,7 +158,7 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize="small")
-    fig.suptitle(f"{title}: median, band = 25-75%")
+    fig.suptitle(f"{title}\nmedian, band = 25-75%", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -167,7 +172,8 @@ def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str
     import scikit_posthocs as sp
 
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(mean_ranks)))
-    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax)
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(mean_ranks.index))}  # as in the other plots
+    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, color_palette=colours)
     ax.set_title(title, fontsize="medium", pad=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
