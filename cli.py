@@ -210,6 +210,10 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
             if not db.exists():
                 raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
             storage = st.default_url(Path(out))
+        else:  # a missing SQLite or journal file is an error, not a new empty storage
+            from .bench.merge import resolve
+
+            storage = resolve(storage, what="storage")
         written = write_report(st.open_storage(storage), st.ensure_writable(Path(out)), plots=plots, html=html,
                                command=_command(), source=storage)
     for path in written.values():

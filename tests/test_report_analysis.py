@@ -256,3 +256,11 @@ def test_pairs_over_tasks_count_tasks_and_significant_ones(tmp_path):
     row = comp.pairs_over_tasks.set_index(["a", "b"]).loc[("bad", "good")]
     assert (row.tasks, row.a_wins, row.ties, row.a_losses) == (3, 1, 0, 2)
     assert (row.a_significantly_better, row.b_significantly_better) == (0, 2)
+
+
+def test_report_from_a_missing_storage_file_is_an_error_not_a_new_storage(tmp_path, capsys):
+    missing = tmp_path / "missing.db"
+    assert _run(["report", "--out", str(tmp_path / "o"), "--storage", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"storage 'sqlite:///{missing}': no such file" in err and "Traceback" not in err
+    assert not missing.exists()
