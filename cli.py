@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import click
 
-from .bench.errors import DiffhpoError
+from .bench.errors import DiffhpoError, Terminated
 from .bench.profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -43,6 +44,8 @@ def _key_values(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise DiffhpoError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        if key.strip() in out:
+            raise DiffhpoError(f"{flag} {key.strip()} is given twice ({out[key.strip()]!r} and {value.strip()!r}); give it once")
         out[key.strip()] = value.strip()
     return out
 
@@ -97,23 +100,13 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     studies continue from their stored trials. Tables and plots are written to OUT at the
     end (see `diffhpo report`).
     """
-    from .bench.runner import RunSpec, run_matrix
+    from .bench.registry import TASKS
+    from .bench.runner import RunSpec, build_tasks, check_spec, run_matrix
     from .methods import METHODS
-    from .tasks import TASKS
 
     _quiet_libraries()
     if seeds < 1:
         raise DiffhpoError(f"--seeds must be at least 1, got {seeds}")
-    if seed_start < 0:
-        raise DiffhpoError(f"--seed-start must be non-negative, got {seed_start}")
-    if budget is not None and not budget > 0:
-        raise DiffhpoError(f"--budget must be positive, got {budget:g}")
-    if time_budget is not None and not time_budget > 0:
-        raise DiffhpoError(f"--time-budget must be positive, got {time_budget:g}")
-    if n_workers < 1:
-        raise DiffhpoError(f"--workers must be at least 1, got {n_workers}")
-    if heartbeat is not None and not heartbeat > 0:
-        raise DiffhpoError(f"--heartbeat must be positive, got {heartbeat:g}")
     offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
     tasks = _split(task_list, "task", TASKS.names(), default_all=offline)
     methods = _split(method_list, "method", METHODS.names())
@@ -129,11 +122,16 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         task_options=_key_values(task_options, "--option"), method_options=per_method,
         progress=not no_progress, workers=n_workers, heartbeat=heartbeat, create_only=create_only,
     )
-    click.echo(f"diffhpo run: {len(tasks)} task(s) x {len(methods)} method(s) x {seeds} seed(s), "
-               f"profile {profile}, output {out}", err=True)
-    run_matrix(spec, log=lambda line: click.echo(line, err=True))
+    check_spec(spec)  # every value, and every task's data and weights, before the first line of work
+    built = build_tasks(spec)
+    outcomes = run_matrix(spec, log=lambda line: click.echo(line, err=True), tasks=built)
     if not no_report and not create_only:
         _report(out, storage)
+    failed = [o for o in outcomes if o.status.startswith("failed")]
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(outcomes)} cell(s) failed: "
+                   + "; ".join(f"{o.study_name}: {o.status}" for o in failed[:5]), err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -152,11 +150,13 @@ def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
     (create it with `diffhpo run --storage URL ...`, which also works on it). Trials are
     never counted twice and the budget is never exceeded beyond the trials already running.
     """
+    import math
+
     from .bench.runner import join_cell
 
     _quiet_libraries()
-    if heartbeat is not None and not heartbeat > 0:
-        raise DiffhpoError(f"--heartbeat must be positive, got {heartbeat:g}")
+    if heartbeat is not None and not (math.isfinite(heartbeat) and heartbeat > 0):
+        raise DiffhpoError(f"--heartbeat must be a positive finite number, got {heartbeat:g}")
     outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
                         workdir=workdir, heartbeat=heartbeat)
     click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
@@ -210,12 +210,12 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
             if not db.exists():
                 raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
             storage = st.default_url(Path(out))
-        else:  # a missing SQLite or journal file is an error, not a new empty storage
-            from .bench.merge import resolve
-
-            storage = resolve(storage, what="storage")
-        written = write_report(st.open_storage(storage), st.ensure_writable(Path(out)), plots=plots, html=html,
-                               command=_command(), source=storage)
+        with st.storage_errors(storage), st.opened(storage, existing=True) as opened:
+            if not st.cell_studies(opened):
+                raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written "
+                                   f"(files in {str(out)!r} left as they are)")
+            written = write_report(opened, st.ensure_writable(Path(out)), plots=plots, html=html,
+                                   command=_command(), source=storage)
     for path in written.values():
         click.echo(f"wrote {path}", err=True)
     for key in ("summary_md", "comparison_md"):
@@ -253,11 +253,16 @@ def _command() -> str | None:
 
 
 @cli.command(name="list")
-def list_cmd():
+@click.option("--options", "show_options", metavar="NAME", default=None,
+              help="Show every option of task or method NAME: default (per profile for a task), range, meaning.")
+def list_cmd(show_options):
     """List tasks, methods and profiles, one line of description each."""
+    from .bench.registry import TASKS
     from .methods import METHODS
-    from .tasks import TASKS
 
+    if show_options is not None:
+        _list_options(show_options, TASKS, METHODS)
+        return
     click.echo("tasks:")
     for name, cls in TASKS.items():
         flag = "" if getattr(cls, "offline", True) else " [needs downloaded weights]"
@@ -269,6 +274,35 @@ def list_cmd():
     for name, text in PROFILES.items():
         default = " (default)" if name == DEFAULT_PROFILE else ""
         click.echo(f"  {name:<16} {text}{default}")
+    click.echo("(`diffhpo list --options NAME` shows the options of a task or method)")
+
+
+def _list_options(name: str, tasks, methods) -> None:
+    from .bench.options import describe
+
+    if name in tasks:
+        profiles = tasks.get(name).profiles
+        rows = {p: describe(cfg) for p, cfg in profiles.items()}
+        click.echo(f"task {name}: --option KEY=VALUE (defaults per profile: {', '.join(profiles)})")
+        for i, (key, _, valid, doc) in enumerate(next(iter(rows.values()))):
+            defaults = " / ".join(_text(rows[p][i][1]) for p in profiles)
+            click.echo(f"  {key:<20} {defaults:<28} {valid:<36} {doc}")
+    elif name in methods:
+        declared = methods.get(name).options
+        click.echo(f"method {name}: --method-option {name}.KEY=VALUE")
+        if isinstance(declared, type):
+            for key, default, valid, doc in describe(declared):
+                click.echo(f"  {key:<20} {_text(default):<12} {valid:<36} {doc}")
+        else:
+            click.echo("  " + (", ".join(declared) or "(no options)"))
+    else:
+        raise DiffhpoError(f"no task or method {name!r}; valid: {', '.join([*tasks.names(), *methods.names()])}")
+
+
+def _text(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
 
 
 # --- subcommand groups from other modules (metrics, assets, ...) ---
@@ -278,8 +312,14 @@ cli.add_command(metrics_group)
 cli.add_command(assets_group)
 
 
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM ends a run as Ctrl-C does: the running trial is marked interrupted and retried."""
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors print one line and exit with code 2."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, standalone_mode=False)
     except DiffhpoError as exc:

@@ -10,7 +10,8 @@ Builders are seeded functions ``build(out_dir, seed) -> record`` registered in
 :data:`ASSETS` under a short name; ``diffhpo assets build NAME --out DIR --seed N`` runs
 one (see :mod:`diffhpo.bench.assets_cli`). To add an asset (e.g. an MNIST DDPM), write a
 builder that trains, saves with :func:`save_asset` and returns its record, then call
-:func:`register_asset`.
+:func:`register_asset` (a task's own networks register from the task's package, e.g.
+``tasks/reward/__init__.py``).
 
 Builders train on CPU and are deterministic for a given seed, torch version and thread
 count (``torch.use_deterministic_algorithms`` is on while they run); bit-identical
@@ -51,6 +52,15 @@ class AssetSpec:
 
 
 ASSETS: dict[str, AssetSpec] = {}
+
+
+def all_assets() -> dict[str, AssetSpec]:
+    """Every registered asset: this module's, and those the tasks register when the task
+    registry loads them (a task's networks are built by code in its own package)."""
+    from .registry import TASKS
+
+    TASKS.load_entry_points()
+    return ASSETS
 
 
 def register_asset(spec: AssetSpec) -> AssetSpec:
@@ -254,44 +264,10 @@ register_asset(
 )
 
 
-# --- reward-mnist networks (the pre-trained DDPM and the guidance classifier) -------------
-# Their code lives with the task (diffhpo.tasks.reward.mnist_models), imported on use.
-
-
-def build_mnist_ddpm(out_dir: str | Path, seed: int = 0, **kwargs) -> dict:
-    from ..tasks.reward.mnist_models import build_mnist_ddpm as build
-
-    return build(out_dir, seed, **kwargs)
-
-
-def build_guidance_classifier(out_dir: str | Path, seed: int = 0, **kwargs) -> dict:
-    from ..tasks.reward.mnist_models import build_guidance_classifier as build
-
-    return build(out_dir, seed, **kwargs)
-
-
-register_asset(
-    AssetSpec(
-        name="mnist-ddpm",
-        filename="mnist_ddpm.pt",
-        description="unconditional MNIST DDPM (diffusers UNet2DModel), the pre-trained model of reward-mnist",
-        build=build_mnist_ddpm,
-    )
-)
-register_asset(
-    AssetSpec(
-        name="guidance-classifier",
-        filename="mnist_guidance_classifier.pt",
-        description="MNIST classifier whose log-probability is reward-mnist's lower-level reward r2",
-        build=build_guidance_classifier,
-    )
-)
-
-
 def build_asset(name: str, out_dir: str | Path | None = None, seed: int = 0, log=None, **options) -> dict:
     """Run the builder of ``name`` (default output: the shipped ``assets/``); ``options`` go to
     the builder as keyword arguments."""
-    if name not in ASSETS:
+    if name not in all_assets():
         raise DiffhpoError(f"unknown asset {name!r}; valid: {', '.join(ASSETS)}")
     return ASSETS[name].build(Path(out_dir) if out_dir is not None else ASSETS_DIR, seed=seed, log=log, **options)
 

@@ -7,7 +7,20 @@ from pathlib import Path
 
 import click
 
-from .assets import ASSETS, ASSETS_DIR
+from .assets import ASSETS_DIR, all_assets
+from .seeds import MAX_SEED
+
+
+class AssetName(click.ParamType):
+    """An asset name, checked against the registry when the command runs (tasks register
+    their own networks, so the list is only known once they are loaded)."""
+
+    name = "NAME"
+
+    def convert(self, value, param, ctx):
+        if value not in all_assets():
+            self.fail(f"{value!r} is not an asset; valid: {', '.join(sorted(all_assets()))}", param, ctx)
+        return value
 
 
 @click.group(name="assets")
@@ -16,10 +29,11 @@ def assets_group():
 
 
 @assets_group.command()
-@click.argument("name", type=click.Choice(sorted(ASSETS)))
+@click.argument("name", type=AssetName())
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Folder to write the weights and their .json record into (default: the shipped {ASSETS_DIR}).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, batches, augmentation.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+              help="Seed of initialisation, batches, augmentation.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="mnist-ddpm only: optimiser steps (default: those of the shipped weights, see their record).")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -39,14 +53,15 @@ def build(name, out, seed, steps, checkpoints):
 
 
 @assets_group.command()
-@click.argument("names", nargs=-1, type=click.Choice(sorted(ASSETS)))
+@click.argument("names", nargs=-1, type=AssetName())
 def verify(names):
     """Check shipped assets (NAMES, default all) against the checksums in their training records."""
     from .assets import verified_asset
     from .errors import DiffhpoError
 
     failed = []
-    specs = [ASSETS[name] for name in names or ASSETS]
+    assets = all_assets()
+    specs = [assets[name] for name in names or assets]
     width = max(len(spec.name) for spec in specs) + 2
     for spec in specs:
         try:

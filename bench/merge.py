@@ -20,27 +20,23 @@ from .errors import DiffhpoError
 KEYS = ["task", "profile", "method", "seed"]
 
 
-def resolve(source: str, what: str = "merge input") -> str:
-    """The storage URL of a source, checking that a local one exists (``what`` names it
-    in errors)."""
+def resolve(source: str) -> str:
+    """The storage URL of a source (a URL is checked when it is opened)."""
     if "://" in source:
-        local = source.split(":///", 1)[1] if source.startswith(("sqlite:///", "journal:///")) else None
-        if local is not None and not Path(local).is_file():
-            raise DiffhpoError(f"{what} {source!r}: no such file")
         return source
     path = Path(source)
     if path.is_dir():
         db = path / st.DEFAULT_DB
         if not db.is_file():
-            raise DiffhpoError(f"{what} {source!r}: a folder without {st.DEFAULT_DB}")
+            raise DiffhpoError(f"merge input {source!r}: a folder without {st.DEFAULT_DB}")
         return st.default_url(path)
     if not path.is_file():
-        raise DiffhpoError(f"{what} {source!r}: no such file or folder")
+        raise DiffhpoError(f"merge input {source!r}: no such file or folder")
     if path.suffix in (".log", ".journal", ".jsonl"):
         return f"journal:///{path.resolve()}"
     with open(path, "rb") as fh:
         if fh.read(16) != b"SQLite format 3\x00":
-            raise DiffhpoError(f"{what} {source!r}: neither a SQLite database nor a journal file (*.log)")
+            raise DiffhpoError(f"merge input {source!r}: neither a SQLite database nor a journal file (*.log)")
     return f"sqlite:///{path.resolve()}"
 
 
@@ -72,7 +68,8 @@ def collect_sources(sources: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if url.startswith("sqlite:///"):
             _check_sqlite(source, url)
         try:
-            t, c = collect(st.open_storage(url))
+            with st.opened(url, existing=True) as storage:
+                t, c = collect(storage)
         except DiffhpoError as exc:
             raise DiffhpoError(f"merge input {source!r}: {exc}") from None
         except Exception as exc:  # corrupt files: sqlalchemy, sqlite3 or journal errors

@@ -49,8 +49,8 @@ class Spec:
         parts = []
         if self.choices is not None:
             parts.append("one of " + ", ".join(map(str, self.choices)))
-        lo = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else ""
-        hi = f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else ""
+        lo = f">= {_num(self.ge)}" if self.ge is not None else f"> {_num(self.gt)}" if self.gt is not None else ""
+        hi = f"<= {_num(self.le)}" if self.le is not None else f"< {_num(self.lt)}" if self.lt is not None else ""
         if lo or hi:
             parts.append(" and ".join(p for p in (lo, hi) if p))
         return "; ".join(parts) or "any value"
@@ -77,6 +77,10 @@ class Spec:
             if self.choices is not None and v not in self.choices:
                 return f"must be {self.describe()}"
         return None
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e10 else f"{v:g}"
 
 
 def option(default: Any, doc: str = "", **bounds: Any) -> Any:
@@ -147,7 +151,7 @@ def coerce(owner: str, key: str, raw: Any, current: Any) -> Any:
         if kind in (tuple, list):
             items = [x.strip() for x in raw.split(",") if x.strip()]
             element = type(current[0]) if current else str
-            return kind(coerce(owner, key, x, element()) if element in (int, float) else x for x in items)
+            return kind(coerce(owner, key, x, element()) if element in (int, float, bool) else x for x in items)
     except ValueError:
         raise DiffhpoError(f"{owner}: option {key}={raw!r} is not a valid {kind.__name__}") from None
     return raw

@@ -8,11 +8,16 @@ whose value is the object itself, e.g. in the external package's ``pyproject.tom
     [project.entry-points."diffhpo.methods"]
     my-method = "my_package.my_method:METHOD"
 
-Entry points are loaded lazily, the first time a name is looked up or listed.
+Entry points are loaded lazily, the first time a name is looked up or listed, after the
+registry's built-in module (``builtins``, imported by name so that the machinery in
+``bench/`` never imports the tasks it runs). A plug-in that fails to load is skipped with
+one warning line naming its distribution; every other name keeps working.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from importlib.metadata import entry_points
 from typing import Generic, Iterator, TypeVar
 
@@ -24,11 +29,13 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> object map, extended by an entry-point group."""
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, builtins: str | None = None) -> None:
         self.kind = kind
         self.group = group
+        self.builtins = builtins
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
+        self.broken: list[str] = []  # one line per plug-in that failed to load
 
     def register(self, name: str, obj: T, *, replace: bool = False) -> T:
         if not name or name != name.strip() or "," in name:
@@ -46,17 +53,20 @@ class Registry(Generic[T]):
         if self._entry_points_loaded and not force:
             return
         self._entry_points_loaded = True
+        if self.builtins is not None:
+            importlib.import_module(self.builtins)
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 continue
             try:
                 obj = ep.load()
+                self.register(ep.name, obj)
             except Exception as exc:  # a broken plug-in must not break the suite
-                raise DiffhpoError(
-                    f"{self.kind} plug-in {ep.name!r} ({ep.value}) from entry-point group "
-                    f"{self.group!r} failed to load: {exc}"
-                ) from exc
-            self.register(ep.name, obj)
+                dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown distribution"
+                line = (f"warning: {self.kind} plug-in {ep.name!r} ({ep.value}) of distribution {dist!r} "
+                        f"failed to load and is skipped: {type(exc).__name__}: {str(exc).strip()[:200]}")
+                self.broken.append(line)
+                print(line, file=sys.stderr)
 
     def names(self) -> list[str]:
         self.load_entry_points()
@@ -78,3 +88,6 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self.load_entry_points()
         return name in self._items
+
+
+TASKS: Registry = Registry("task", "diffhpo.tasks", builtins=f"{__package__.rpartition('.')[0]}.tasks")

@@ -28,6 +28,7 @@ from optuna.storages import BaseStorage
 
 from . import storage as st
 from .search import counts
+from .workers import RETRY_OF
 
 KEYS = ["task", "profile", "method", "seed"]
 
@@ -55,6 +56,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
                 elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
+                retry_of=t.system_attrs.get(RETRY_OF, ""),
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
             row.update({k: v for k, v in u.items() if k.startswith("metric_")})
@@ -235,9 +237,9 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
 def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path) -> dict[str, list[Path]]:
     """Every PNG of the report, keyed by ``task/profile``, by ``task`` (the task's own
     pictures) and by ``profile`` (the across-task diagram)."""
-    from ..tasks import TASKS
     from . import comparison
     from . import plots as pl
+    from .registry import TASKS
 
     folder.mkdir(parents=True, exist_ok=True)
     pictures: dict[str, list[Path]] = {}

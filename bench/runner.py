@@ -26,12 +26,13 @@ existing cell from any machine (see :func:`join_cell`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import optuna
 from optuna.storages import BaseStorage
@@ -39,15 +40,17 @@ from optuna.trial import TrialState
 
 from ..methods import METHODS
 from ..methods.base import Method, MethodContext
-from ..tasks import TASKS
-from ..tasks.base import Task
+from . import options as opt
 from . import storage as st
 from . import workers
 from .errors import DiffhpoError
 from .measure import measure
+from .registry import TASKS
 from .search import Cell, ledger, search, search_over
+from .seeds import FINAL_SEED_OFFSET, check_seeds
 
-FINAL_SEED_OFFSET = 1000
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 
 @dataclass
@@ -76,58 +79,113 @@ class CellOutcome:
     n_trials: int
 
 
-def build_tasks(spec: RunSpec) -> dict[str, Task]:
-    return {name: TASKS.get(name)(spec.profile, **spec.task_options) for name in spec.tasks}
+def build_tasks(spec: RunSpec) -> dict[str, "Task"]:
+    """Every task of the matrix with its options checked, then each task's
+    :meth:`~diffhpo.tasks.base.Task.check_ready` (data, weights, drivers, devices): a
+    missing piece stops the run here, before any cell spends budget."""
+    tasks = {name: TASKS.get(name)(spec.profile, **spec.task_options) for name in spec.tasks}
+    for task in tasks.values():
+        task.check_ready()
+    return tasks
 
 
-def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print) -> list[CellOutcome]:
-    """Run (or resume) every cell of the matrix in order: task, then seed, then method."""
-    methods = {name: METHODS.get(name) for name in spec.methods}
-    _check_method_options(spec, methods)
-    url = spec.storage or st.default_url(st.ensure_writable(spec.out))
-    if spec.workers > 1 and url.startswith("sqlite"):
+def check_spec(spec: RunSpec) -> dict[str, Method]:
+    """Every value of the run checked before anything runs; the methods by name."""
+    check_seeds(spec.seeds)
+    for what, value in (("--budget", spec.budget), ("--time-budget", spec.time_budget),
+                        ("--heartbeat", spec.heartbeat)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise DiffhpoError(f"{what} must be a positive finite number, got {value:g}")
+    if spec.workers < 1:
+        raise DiffhpoError(f"--workers must be at least 1, got {spec.workers}")
+    if spec.storage is not None:
+        st.check_url(spec.storage)
+    if spec.workers > 1 and (spec.storage or "sqlite").startswith("sqlite"):
         raise DiffhpoError(
             "--workers needs a storage several processes can share: SQLite is single-process; "
             "use --storage journal:///FILE (one machine) or postgresql://... (several machines)"
         )
+    methods = {name: METHODS.get(name) for name in spec.methods}
+    _check_method_options(spec, methods)
+    return methods
+
+
+def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
+               tasks: Mapping[str, "Task"] | None = None) -> list[CellOutcome]:
+    """Run (or resume) every cell of the matrix in order: task, then seed, then method.
+
+    Everything that can be checked is checked before the first cell: options, seeds,
+    budgets, the storage URL and every task's :meth:`check_ready`. A cell whose search
+    completed no trial, or whose final protocol raised, is reported in its outcome's
+    status (``failed: ...``) and the matrix goes on. ``tasks``: the tasks already built
+    (and checked) by :func:`build_tasks`."""
+    methods = check_spec(spec)
+    tasks = dict(tasks) if tasks is not None else build_tasks(spec)
+    url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
-    with workers.sqlite_lock(url):
-        storage = st.open_storage(url, heartbeat=spec.heartbeat)
-        tasks = build_tasks(spec)
+    with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
+        cells = []  # every cell prepared (and its stored settings checked) before any runs
         for task_name, task in tasks.items():
             for seed in spec.seeds:
                 for method_name, method in methods.items():
                     if task.search_space_for(method.space) is None:
-                        log(f"{task_name}.{method_name}: skipped (the task has no {method.space!r} search space)")
+                        if seed == spec.seeds[0]:
+                            log(f"{task_name}.{method_name}: skipped (the task has no {method.space!r} search space)")
                         continue
-                    cell = prepare_cell(
+                    cells.append(prepare_cell(
                         storage, task, method_name, method, seed, budget=spec.budget,
                         time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
                         workdir=spec.out / "work",
-                    )
-                    if spec.create_only:
-                        log(f"{cell.study.study_name}: created in {url}")
-                        continue
-                    outcome = run_cell(cell, url=url, n_workers=spec.workers, progress=spec.progress,
-                                       exclusive=url.startswith("sqlite"), heartbeat=spec.heartbeat)
-                    log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
-                    outcomes.append(outcome)
+                    ))
+        log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s) x "
+            f"{len(spec.seeds)} seed(s)), profile {spec.profile}, storage {url}")
+        for cell in cells:
+            if spec.create_only:
+                log(f"{cell.study.study_name}: created in {url}")
+                continue
+            outcome = run_cell(cell, url=url, n_workers=spec.workers, progress=spec.progress,
+                               exclusive=url.startswith("sqlite"), heartbeat=spec.heartbeat)
+            log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
+            outcomes.append(outcome)
+        if not spec.create_only:
+            _log_failures([c.study for c in cells], log)
     return outcomes
+
+
+def _log_failures(studies: list[optuna.Study], log: Callable[[str], None]) -> None:
+    """Failed trials of the run's cells, counted per reason (first line, 100 characters)."""
+    reasons: dict[str, int] = {}
+    for study in studies:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            reason = str(t.user_attrs.get("fail_reason", "unknown")).strip().splitlines()[0][:100]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        log("failed trials by reason: " + "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
 
 
 def _check_method_options(spec: RunSpec, methods: Mapping[str, Method]) -> None:
     for name, opts in spec.method_options.items():
         if name not in methods:
             raise DiffhpoError(f"--method-option for {name!r}, which is not in --method")
-        for key in opts:
-            if key not in methods[name].options:
+        checked_method_options(name, methods[name], opts)
+
+
+def checked_method_options(name: str, method: Method, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's ``--method-option`` values, converted and checked against its declared
+    options (:mod:`diffhpo.bench.options`); only the keys given are returned."""
+    declared = method.options
+    if not isinstance(declared, type):  # a plug-in naming its keys only: numbers where they parse
+        for key in raw:
+            if key not in declared:
                 raise DiffhpoError(
-                    f"method {name!r} has no option {key!r}; valid options: "
-                    f"{', '.join(methods[name].options) or 'none'}"
+                    f"method {name!r} has no option {key!r}; valid options: {', '.join(declared) or 'none'}"
                 )
+        return {k: _number_or_text(v) for k, v in raw.items()}
+    checked = opt.apply(f"method {name!r}", declared(), raw)
+    return {k: getattr(checked, k) for k in raw}
 
 
-def _coerce(raw: Any) -> Any:
+def _number_or_text(raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
     for kind in (int, float):
@@ -138,7 +196,7 @@ def _coerce(raw: Any) -> Any:
     return raw
 
 
-def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_budget, method_options) -> dict[str, Any]:
+def _cell_attrs(task: "Task", method_name: str, seed: int, budget: float, time_budget, method_options) -> dict[str, Any]:
     return {
         st.CELL_MARK: True,
         "task": task.name,
@@ -152,12 +210,34 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_bud
         "primary": task.primary.name,
         "metric_directions": {m.name: m.direction for m in task.metrics},
         "config": json.loads(json.dumps(task.describe_config(), default=str)),
+        "optimum": task.known_optimum(),
     }
+
+
+def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """A rerun continues a cell under the settings it was created with. Method options
+    never change; the budget (and the time budget) may grow, which extends the search and
+    repeats the final protocol, but never shrink, which would label more trials than the
+    budget allows with the smaller one."""
+    if old.get("method_options", {}) != new["method_options"]:
+        raise DiffhpoError(
+            f"study {name!r} was run with --method-option {_shown('method_options', old.get('method_options'))}, "
+            f"not {_shown('method_options', new['method_options'])}; rerun with the stored values, "
+            "or use another --out or --storage"
+        )
+    for key, flag in (("budget", "--budget"), ("time_budget", "--time-budget")):
+        before, now = old.get(key), new[key]
+        if before != now and (now is not None and before is not None and now < before
+                              or (now is not None) != (before is not None)):
+            raise DiffhpoError(
+                f"study {name!r} was run with {flag} {_shown(key, before)}; a rerun may keep or raise it, "
+                f"not set {_shown(key, now)} (use another --out or --storage for a smaller budget)"
+            )
 
 
 def prepare_cell(
     storage: BaseStorage,
-    task: Task,
+    task: "Task",
     method_name: str,
     method: Method,
     seed: int,
@@ -169,7 +249,7 @@ def prepare_cell(
 ) -> Cell:
     """Create (or reopen) the cell's study with its description, and its sampler."""
     budget = float(budget if budget is not None else task.budget)
-    options = {k: _coerce(v) for k, v in (method_options or {}).items()}
+    options = checked_method_options(method_name, method, method_options or {})
     name = st.study_name(task.name, method_name, task.profile, seed)
     space = task.search_space_for(method.space)
     if space is None:
@@ -186,6 +266,11 @@ def prepare_cell(
             f"study {name!r} already exists in this storage with other task settings; "
             "use another --out or --storage, or the same --option values as before"
         )
+    if old.get(st.CELL_MARK):
+        _check_rerun(name, old, attrs)
+        if study.user_attrs.get("status") == "done" and (old.get("budget") != attrs["budget"]
+                                                        or old.get("time_budget") != attrs["time_budget"]):
+            study.set_user_attr("status", "searching")  # a larger budget: search on, final protocol again
     # Each attribute is its own commit: the cell mark goes last, so a process killed while
     # describing the study leaves it unmarked, and the next run completes the description
     # instead of comparing against a half-written one.
@@ -194,6 +279,12 @@ def prepare_cell(
             study.set_user_attr(key, value)
     return Cell(study=study, task=task, method_name=method_name, method=method, ctx=ctx, sampler=sampler,
                 seed=seed, budget=budget, time_budget=time_budget, workdir=workdir)
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "method_options":
+        return " ".join(f"{k}={v}" for k, v in sorted((value or {}).items())) or "(none)"
+    return "(none)" if value is None else f"{value:g}"
 
 
 def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True, exclusive: bool = True,
@@ -210,12 +301,26 @@ def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True,
 
 
 def finish_cell(cell: Cell, led) -> CellOutcome:
+    """The final protocol, run by exactly one process (see :func:`workers.claim_final`)."""
     study = cell.study
+    n = len(study.trials)
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         study.set_user_attr("status", "failed: no trial completed")
-        return CellOutcome(study.study_name, "failed: no trial completed", led.spent, len(study.trials))
-    _final_protocol(cell)
-    return CellOutcome(study.study_name, "done", led.spent, len(study.trials))
+        return CellOutcome(study.study_name, "failed: no trial completed", led.spent, n)
+    with workers.claim_final(study) as mine:
+        if not mine:
+            return CellOutcome(study.study_name, "searched (another process runs the final protocol)", led.spent, n)
+        if study._storage.get_study_user_attrs(study._study_id).get("status") == "done":
+            return CellOutcome(study.study_name, "done (skipped)", led.spent, n)
+        try:
+            _final_protocol(cell)
+        except (KeyboardInterrupt, DiffhpoError):
+            raise
+        except Exception as exc:  # the matrix goes on; the run exits non-zero at the end
+            status = f"failed: final protocol: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            study.set_user_attr("status", status)
+            return CellOutcome(study.study_name, status, led.spent, n)
+    return CellOutcome(study.study_name, "done", led.spent, n)
 
 
 def _spawn_workers(url: str, study_name: str, n: int, workdir: Path | None, heartbeat: float | None) -> None:
@@ -238,7 +343,12 @@ def _spawn_workers(url: str, study_name: str, n: int, workdir: Path | None, hear
 def join_cell(url: str, study_name: str, *, final: bool = True, progress: bool = True,
               workdir: Path | None = None, heartbeat: float | None = None) -> CellOutcome:
     """`diffhpo worker`: join an existing cell, rebuilding task and method from the study."""
-    storage = st.open_storage(url, heartbeat=heartbeat)
+    with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
+        return _join_cell(storage, url, study_name, final=final, progress=progress, workdir=workdir)
+
+
+def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, progress: bool,
+               workdir: Path | None) -> CellOutcome:
     try:
         summary = next(s for s in storage.get_all_studies() if s.study_name == study_name)
     except StopIteration:
@@ -251,6 +361,7 @@ def join_cell(url: str, study_name: str, *, final: bool = True, progress: bool =
     if not a.get(st.CELL_MARK):
         raise DiffhpoError(f"study {study_name!r} is not a diffhpo cell")
     task = TASKS.get(a["task"])(a["profile"], **a["config"])
+    task.check_ready()
     cell = prepare_cell(storage, task, a["method"], METHODS.get(a["method"]), int(a["seed"]),
                         budget=a["budget"], time_budget=a.get("time_budget"),
                         method_options=a.get("method_options", {}), workdir=workdir)

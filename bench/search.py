@@ -21,7 +21,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
@@ -29,9 +29,11 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from ..methods.base import Method, MethodContext
-from ..tasks.base import Task
 from . import workers
 from .measure import measure
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 POLL_S = 0.2
 INTERRUPTED = "interrupted"
@@ -42,7 +44,7 @@ class Cell:
     """Everything a worker needs to search one cell."""
 
     study: optuna.Study
-    task: Task
+    task: "Task"
     method_name: str
     method: Method
     ctx: MethodContext
@@ -137,6 +139,7 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
             _postfix(bar, study)
             if search_over(cell, led):
                 if led.n_running == 0:
+                    workers.fail_waiting(study, "released: the search ended before this retry ran")
                     return led
                 time.sleep(POLL_S)
                 continue
@@ -144,7 +147,7 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
             if _full(cell, led) or (ready is not None and not ready(study)):
                 time.sleep(POLL_S)
                 continue
-            _one_trial(cell)
+            _one_trial(cell, exclusive)
     finally:
         bar.close()
 
@@ -172,21 +175,24 @@ def _release(study: optuna.Study, trial: optuna.Trial, reason: str, copy: bool) 
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     frozen = study._storage.get_trial(trial._trial_id)
     study.tell(trial, state=TrialState.FAIL)
-    if copy:
+    if copy:  # the copy keeps the released trial's configuration slot
+        system = {k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"}
+        system.setdefault(workers.RETRY_OF, frozen.number)
         study.add_trial(optuna.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-            system_attrs={k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"},
+            system_attrs=system,
         ))
 
 
-def _one_trial(cell: Cell) -> None:
+def _one_trial(cell: Cell, exclusive: bool) -> None:
     study = cell.study
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        trial = study.ask(fixed_distributions=cell.ctx.search_space)
-    ask_s = time.perf_counter() - t0
+    trial = None
     try:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(fixed_distributions=cell.ctx.search_space)
+        ask_s = time.perf_counter() - t0
         trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())
         admitted, reason, copy = _admit(cell, trial)
         if not admitted:
@@ -195,10 +201,15 @@ def _one_trial(cell: Cell) -> None:
             return
         trial.set_user_attr("ask_s", ask_s)
         _evaluate_and_tell(cell, trial)
-    except KeyboardInterrupt:
-        frozen = study._storage.get_trial(trial._trial_id)
-        if frozen.state == TrialState.RUNNING:
-            workers.fail_and_retry(study, frozen, INTERRUPTED)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.py): leave no RUNNING trial behind
+        reason = f"{INTERRUPTED}: {getattr(exc, 'signal_name', 'SIGINT')}"
+        if trial is not None:
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                workers.fail_and_retry(study, frozen, reason)
+        if exclusive:  # this process alone uses the storage: a trial cut off inside ask is ours too
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                workers.fail_and_retry(study, t, reason)
         raise
 
 

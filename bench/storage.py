@@ -13,11 +13,14 @@ file backend. The default is ``sqlite:///<out>/diffhpo.sqlite3``.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 from optuna.storages import BaseStorage
 
+from . import workers
 from .errors import DiffhpoError
 
 CELL_MARK = "diffhpo_cell"
@@ -46,6 +49,90 @@ def ensure_writable(out: Path) -> Path:
 
 
 DEFAULT_HEARTBEAT_S = 10
+VALID_URLS = "sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE"
+_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+
+
+def check_url(url: str) -> str:
+    """Refuse storage URLs that cannot keep results: empty, unknown schemes, and SQLite in
+    memory (the whole run would be computed and nothing kept)."""
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    if not url.strip():
+        raise DiffhpoError(f"--storage is empty; valid: {VALID_URLS}")
+    if "://" not in url or scheme not in _SCHEMES:
+        raise DiffhpoError(f"storage {url!r} is not a storage URL; valid: {VALID_URLS}")
+    if scheme == "sqlite" and url.partition("://")[2].lstrip("/") in ("", ":memory:"):
+        raise DiffhpoError(f"storage {url!r} is an in-memory database, which keeps nothing; valid: {VALID_URLS}")
+    if scheme == "journal" and not url[len("journal://"):].strip("/"):
+        raise DiffhpoError(f"storage {url!r} names no file; valid: {VALID_URLS}")
+    return url
+
+
+def _file_of(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):])
+    return None
+
+
+def open_existing(url: str, *, heartbeat: float | None = None) -> BaseStorage:
+    """Open a storage for reading without creating one: a file storage must exist, and a
+    database server must already hold Optuna's tables."""
+    check_url(url)
+    path = _file_of(url)
+    if path is not None and not path.is_file():
+        raise DiffhpoError(f"storage {url!r}: no such file {str(path)!r}; nothing to read")
+    if path is None:
+        try:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+            try:
+                has = sqlalchemy.inspect(engine).has_table("studies")
+            finally:
+                engine.dispose()
+        except Exception as exc:
+            raise DiffhpoError(f"cannot open storage {url!r}: {_first_line(exc)}") from None
+        if not has:
+            raise DiffhpoError(f"storage {url!r} holds no Optuna studies; nothing to read")
+    return open_storage(url, heartbeat=heartbeat)
+
+
+@contextmanager
+def opened(url: str, *, heartbeat: float | None = None, existing: bool = False) -> Iterator[BaseStorage]:
+    """A storage for the duration of a block, its connections closed afterwards (a SQLite
+    file in WAL mode is then checkpointed and its -wal/-shm side files removed)."""
+    storage = open_existing(url, heartbeat=heartbeat) if existing else open_storage(url, heartbeat=heartbeat)
+    try:
+        yield storage
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn a storage failure in the middle of a run (a corrupted file, a full disk, a lost
+    server) into one line naming the storage and the cause. Every trial committed before
+    it stays, and rerunning the same command resumes."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
+        inner = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+        cause = _first_line(getattr(inner, "orig", None) or inner)
+        raise DiffhpoError(
+            f"storage {url!r} failed: {cause}; the trials stored before it are kept, "
+            "rerun the same command to resume once the cause is fixed"
+        ) from None
 
 
 def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
@@ -54,9 +141,10 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     Server databases (PostgreSQL, MySQL) get Optuna's heartbeats: every running trial
     records one each ``heartbeat`` seconds (default 10); a trial silent for three intervals
     (its worker was killed) is marked FAILED by the next worker and its configuration is
-    retried (RetryFailedTrialCallback, at most 3 times). SQLite and journal files are
+    retried (:func:`diffhpo.bench.workers.retry`, at most 3 times). SQLite and journal files are
     local: there, a trial whose process is gone is detected directly (bench/workers.py).
     """
+    check_url(url)
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -73,18 +161,17 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
             interval = max(1, int(round(heartbeat or DEFAULT_HEARTBEAT_S)))
             kwargs = dict(
                 heartbeat_interval=interval, grace_period=3 * interval,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+                failed_trial_callback=workers.retry,
             )
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except DiffhpoError:
         raise
     except Exception as exc:  # sqlalchemy / driver errors vary by backend
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _first_line(exc)
         if isinstance(exc, ImportError):  # the database driver is missing
             reason += ' (postgresql:// needs pip install -e ".[postgres]"; mysql:// a driver such as PyMySQL)'
         raise DiffhpoError(
-            f"cannot open storage {url!r}: {reason} (valid: sqlite:///FILE, postgresql://..., "
-            "mysql://..., journal:///FILE)"
+            f"cannot open storage {url!r}: {reason} (valid: {VALID_URLS})"
         ) from None
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from .errors import DiffhpoError
@@ -52,17 +51,51 @@ def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
     return host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
 
 
-def fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, *, retry: bool = True) -> None:
+RETRY_OF = "failed_trial"  # Optuna's convention (RetryHeartbeatStaleTrialCallback.retried_trial_number)
+
+
+def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Enqueue a copy of a cut-off trial, at most MAX_RETRY times per original.
+
+    Like Optuna's ``RetryHeartbeatStaleTrialCallback``, the copy keeps the parameters and
+    the system attributes (a grid point, a bilevel slot) and records ``failed_trial`` (the
+    original's number, which keeps the configuration's slot, see
+    :func:`diffhpo.methods.seeding.slot`) and ``retry_history``. Unlike it, the copy does not
+    inherit the user attributes: the original's ``fail_reason``, worker and timings belong
+    to the original, and trials.csv shows each trial's own record.
+    """
+    system = {RETRY_OF: trial.number, **trial.system_attrs}
+    system["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(system["retry_history"]) > MAX_RETRY:
+        return
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, system_attrs=system,
+    ))
+
+
+def fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, *, again: bool = True) -> None:
     """Mark a cut-off trial FAILED with ``reason`` and enqueue its configuration again
-    (Optuna's RetryFailedTrialCallback, at most MAX_RETRY times)."""
+    (:func:`retry`)."""
     storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
         changed = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return  # another worker got there first
-    if changed and retry:
-        RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(trial._trial_id))
+    if changed and again:
+        retry(study, storage.get_trial(trial._trial_id))
+
+
+def fail_waiting(study: optuna.Study, reason: str) -> int:
+    """Fail the WAITING copies left in a cell whose search is over (not counted)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            n += bool(study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL))
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            pass  # another worker took it
+    return n
 
 
 def fail_orphans(study: optuna.Study, *, exclusive: bool) -> int:
@@ -74,10 +107,52 @@ def fail_orphans(study: optuna.Study, *, exclusive: bool) -> int:
         unclaimed = WORKER_KEY not in t.user_attrs and (
             t.datetime_start is None or (now - t.datetime_start).total_seconds() > UNCLAIMED_AFTER_S
         )
-        if exclusive or is_orphan(t) or unclaimed:
-            fail_and_retry(study, t, "interrupted")
+        if is_orphan(t):
+            fail_and_retry(study, t, "interrupted: its process is gone")
+        elif unclaimed:
+            fail_and_retry(study, t, "interrupted: no worker claimed it")
+        elif exclusive:
+            fail_and_retry(study, t, "interrupted: left running by an earlier run")
+        else:
+            continue
             n += 1
     return n
+
+
+def _gone(owner: str) -> bool:
+    """Whether the process that wrote ``owner`` (host:pid) is known to have ended."""
+    host, _, pid = owner.rpartition(":")
+    return not owner or (host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)))
+
+
+@contextmanager
+def claim_final(study: optuna.Study) -> Iterator[bool]:
+    """Claim a cell's final protocol for this process; yields whether the claim is ours.
+
+    Creating a study is atomic in every Optuna storage (names are unique), so the claim is
+    a study named ``<cell>:final-protocol`` holding its owner (host:pid). Two ``run`` or
+    ``worker`` processes that finish one cell's search at the same time thus run the final
+    protocol once. The claim is removed afterwards; a claim whose process on this host is
+    gone (a killed run) is taken over.
+    """
+    storage, name = study._storage, f"{study.study_name}:final-protocol"
+    study_id = None
+    for attempt in range(2):
+        try:
+            study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            held = storage.get_study_id_from_name(name)
+            if attempt == 0 and _gone(str(storage.get_study_user_attrs(held).get(WORKER_KEY, ""))):
+                storage.delete_study(held)
+                continue
+            yield False
+            return
+    storage.set_study_user_attr(study_id, WORKER_KEY, worker_id())
+    try:
+        yield True
+    finally:
+        storage.delete_study(study_id)
 
 
 @contextmanager

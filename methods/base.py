@@ -53,8 +53,11 @@ class Method:
     call the task's first-order oracle instead of the black-box evaluation when the task
     has one (the sampler must then provide ``oracle_context(study, trial)``).
     ``choose(study)`` returns the hyperparameters the method outputs after its search
-    (default: the best completed trial). ``options`` names the keyword options the
-    factory accepts through ``MethodContext.options`` (``--method-option NAME.KEY=VALUE``).
+    (default: the best completed trial). ``options`` declares the keyword options the
+    factory accepts through ``MethodContext.options`` (``--method-option NAME.KEY=VALUE``):
+    a frozen dataclass whose fields are declared with :func:`diffhpo.bench.options.option`
+    (type, range, meaning; checked before anything runs), or, for a plug-in, a tuple of
+    names (values then arrive as numbers where they parse, else as text).
     ``max_trials(ctx)``, if given, ends the search early (grid search: the grid's size).
     ``space`` names the task's search-space variant the method searches
     (:meth:`Task.search_space_for <diffhpo.tasks.base.Task.search_space_for>`): every
@@ -66,7 +69,7 @@ class Method:
     make_sampler: Callable[[MethodContext], optuna.samplers.BaseSampler]
     uses_oracle: bool = False
     choose: Callable[[optuna.Study], dict[str, Any]] | None = None
-    options: tuple[str, ...] = ()
+    options: Any = ()
     max_trials: Callable[[MethodContext], int] | None = None
     space: str = "default"
 

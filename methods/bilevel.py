@@ -59,6 +59,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from ..bench.options import option
 from ..tasks.base import OracleContext
 from . import space as sp
 from .base import Method, MethodContext
@@ -289,6 +290,27 @@ class _Optimizer:
         return np.sign(g) * self.size
 
 
+@dataclass(frozen=True)
+class BilevelOptions:
+    """``--method-option bilevel.KEY=VALUE``: the sampler's settings, with their ranges
+    (defaults as in :class:`BilevelSampler`)."""
+
+    optimizer: str = option("rprop", "step rule", choices=("rprop", "adam", "sgd"))
+    step: float = option(0.04, "rprop: initial step in normalised coordinates", gt=0, le=1)
+    step_max: float = option(0.15, "rprop: largest step", gt=0, le=1)
+    step_min: float = option(1e-5, "rprop: smallest step", gt=0, le=1)
+    lr: float = option(0.05, "adam / sgd: learning rate", gt=0, le=1e6)
+    gamma0: float = option(10.0, "penalty weight at iteration 0", gt=0, le=1e12)
+    gamma_growth: float = option(1.5, "penalty weight factor per iteration", ge=1, le=100)
+    gamma_max: float = option(1e4, "largest penalty weight", gt=0, le=1e12)
+    zo_directions: int = option(2, "zeroth-order fallback: Gaussian directions per iteration", ge=1, le=1000)
+    zo_delta: float = option(0.02, "zeroth-order fallback: radius in normalised coordinates", gt=0, le=0.5)
+
+    def rules(self):
+        yield self.step_min <= self.step <= self.step_max, "need step_min <= step <= step_max"
+        yield self.gamma0 <= self.gamma_max, "gamma0 must not exceed gamma_max"
+
+
 def make_sampler(ctx: MethodContext) -> BilevelSampler:
     mode = "oracle" if ctx.task.has_oracle else "zo"
     return BilevelSampler(
@@ -308,8 +330,5 @@ METHOD = Method(
     make_sampler,
     uses_oracle=True,
     choose=choose,
-    options=(
-        "optimizer", "step", "step_max", "step_min", "lr", "gamma0", "gamma_growth",
-        "gamma_max", "zo_directions", "zo_delta",
-    ),
+    options=BilevelOptions,
 )

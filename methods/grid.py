@@ -6,17 +6,32 @@ import math
 import optuna
 
 from .base import Method, MethodContext, best_params
-from .seeding import TrialSeeded
+from .seeding import TrialSeeded, slot
 
 
 class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler, except at the end of the grid.
+    """Optuna's GridSampler, with grid points assigned by slot and no stop at the end.
+
+    Optuna gives trial number n the n-th point of the seeded grid order. A trial retried
+    after an interruption takes a new number, so numbering would skip a point; the point is
+    assigned by the trial's slot instead (:func:`diffhpo.methods.seeding.slot`), and a
+    retry keeps its original's point (its ``grid_id`` system attribute is copied).
 
     ``GridSampler.after_trial`` calls ``study.stop()`` once every grid point has been
     visited, and ``Study.stop`` raises outside ``study.optimize``. The runner asks and tells
     trials itself and ends the search at ``max_trials`` (the grid's size), so the end of
     the grid needs no stop here.
     """
+
+    def before_trial(self, study, trial) -> None:
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        n = slot(study, trial)
+        if n < self._n_min_trials:
+            study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+            study._storage.set_trial_system_attr(trial._trial_id, "grid_id", n)
+            return
+        super().before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values) -> None:
         pass

@@ -1,10 +1,17 @@
-"""Per-trial seeding of stock Optuna samplers.
+"""Per-slot seeding of stock Optuna samplers.
 
 Optuna samplers keep a random state in memory; a resumed run (or a second worker) would
 restart it and, e.g., repeat the random start-up points. :class:`TrialSeeded` wraps any
-sampler and reseeds every random state it holds from ``(seed, trial.number)`` before each
-trial, so the proposals depend only on the seed, the trial number and the stored history:
-state any worker can rebuild.
+sampler and reseeds every random state it holds from ``(seed, slot)`` before each trial,
+so the proposals depend only on the seed, the slot and the stored history: state any
+worker can rebuild.
+
+The *slot* of a trial is its configuration's place in the cell, not Optuna's trial
+number. A trial cut off by an interruption (or released unevaluated) is retried as a new
+trial with a new number; the retry keeps its original's slot (Optuna's ``failed_trial``
+system attribute points to the original), and a fresh trial takes the next slot (the
+number of fresh trials numbered before it). So an interrupted and resumed cell draws the
+same configurations, in the same order, as one uninterrupted process.
 """
 
 from __future__ import annotations
@@ -38,8 +45,20 @@ def reseed(sampler: BaseSampler, seed: int) -> None:
             setattr(sampler, name, sub)
 
 
+RETRY_OF = "failed_trial"  # Optuna's system attribute: the number of the trial a retry copies
+
+
+def slot(study: Study, trial: FrozenTrial) -> int:
+    """The configuration slot of ``trial`` in its cell (see the module docstring)."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    original = trial.system_attrs.get(RETRY_OF)
+    if original is not None and int(original) != trial.number:
+        trial = next((t for t in trials if t.number == int(original)), trial)
+    return sum(1 for t in trials if t.number < trial.number and RETRY_OF not in t.system_attrs)
+
+
 class TrialSeeded(BaseSampler):
-    """Delegates to ``inner``, reseeding it from ``(seed, trial.number)`` before each trial."""
+    """Delegates to ``inner``, reseeding it from ``(seed, slot)`` before each trial."""
 
     def __init__(self, inner: BaseSampler, seed: int) -> None:
         self.inner = inner
@@ -52,7 +71,7 @@ class TrialSeeded(BaseSampler):
         pass
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        reseed(self.inner, derive_seed(self.seed, trial.number))
+        reseed(self.inner, derive_seed(self.seed, slot(study, trial)))
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

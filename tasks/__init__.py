@@ -4,14 +4,11 @@ External packages register more through the ``diffhpo.tasks`` entry-point group,
 values are :class:`~diffhpo.tasks.base.Task` subclasses.
 """
 
-from ..bench.registry import Registry
+from ..bench.registry import TASKS
 from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask
-
-TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
-
 
 def register_task(cls: type[Task]) -> type[Task]:
     TASKS.register(cls.name, cls)

@@ -37,25 +37,30 @@ import numpy as np
 from optuna.distributions import FloatDistribution
 from scipy.optimize import minimize
 
+from ..bench.options import option
 from .base import Metric, OracleContext, OracleResult, Task
 
 
 @dataclass(frozen=True)
 class QuadraticConfig:
-    n_groups: int = 5
-    group_size: int = 4
-    n_train: int = 30
-    n_val: int = 100
-    n_test: int = 2000
-    noise: float = 1.0
-    scale_max: float = 2.0
-    scale_min: float = 0.03
-    alpha_low: float = 1e-3
-    alpha_high: float = 1e3
-    data_seed: int = 0
-    hypergradient: str = "penalty"  # or "exact"
-    sleep_s: float = 0.0  # simulated seconds per lower-level solve (tests, worker benchmarks)
-    budget: float = 30.0
+    n_groups: int = option(5, "feature groups = hyperparameters alpha_0..alpha_{K-1}", ge=1, le=10)
+    group_size: int = option(4, "features per group", ge=1, le=100)
+    n_train: int = option(30, "training examples (lower level)", ge=1, le=100_000)
+    n_val: int = option(100, "validation examples (upper level)", ge=1, le=100_000)
+    n_test: int = option(2000, "test examples (reported)", ge=1, le=1_000_000)
+    noise: float = option(1.0, "label noise std", ge=0, le=1e3)
+    scale_max: float = option(2.0, "weight scale of the first group", gt=0, le=1e3)
+    scale_min: float = option(0.03, "weight scale of the last group", gt=0, le=1e3)
+    alpha_low: float = option(1e-3, "lower end of each alpha's (log) range", gt=0)
+    alpha_high: float = option(1e3, "upper end of each alpha's (log) range", gt=0, le=1e12)
+    data_seed: int = option(0, "seed of the synthetic data set", ge=0, le=2**31 - 1)
+    hypergradient: str = option("penalty", "the oracle's estimate", choices=("penalty", "exact"))
+    sleep_s: float = option(0.0, "simulated seconds per lower-level solve (tests, worker benchmarks)", ge=0, le=3600)
+    budget: float = option(30.0, "lower-level solves per cell (every method)", gt=0, le=1e6)
+
+    def rules(self):
+        yield self.alpha_low < self.alpha_high, "alpha_low must be below alpha_high"
+        yield self.scale_min <= self.scale_max, "scale_min must not exceed scale_max"
 
 
 class QuadraticTask(Task):
@@ -73,14 +78,6 @@ class QuadraticTask(Task):
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
         cfg = self.config
-        if not 1 <= cfg.n_groups <= 10:
-            from ..bench.errors import DiffhpoError
-
-            raise DiffhpoError("task 'quadratic': n_groups must be between 1 and 10")
-        if cfg.hypergradient not in ("penalty", "exact"):
-            from ..bench.errors import DiffhpoError
-
-            raise DiffhpoError("task 'quadratic': hypergradient must be 'penalty' or 'exact'")
         self.data = _make_data(cfg)
 
     # -- declarations -------------------------------------------------------------------
@@ -156,6 +153,10 @@ class QuadraticTask(Task):
     def true_optimum(self) -> tuple[dict[str, float], float]:
         """Global minimum of F over the box, to high precision (cached per config)."""
         return _true_optimum(self.config)
+
+    def known_optimum(self) -> float:
+        """The minimal validation loss over the box (the final protocol is deterministic)."""
+        return float(self.true_optimum()[1])
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:

@@ -23,31 +23,7 @@ def call_ok(args, capsys):
     return capsys.readouterr()
 
 
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["run", "--method", "nope"], "unknown method 'nope'; valid methods: all, grid, random, tpe, botorch, bilevel"),
-        (["run", "--task", "nope"], "unknown task 'nope'; valid tasks: all, quadratic"),
-        (["run", "--task", "quadratic,nope"], "unknown task 'nope'"),
-        (["run", "--method", ""], "--method needs a comma-separated list"),
-        (["run", "--method", "grid,,random"], "--method needs a comma-separated list"),
-        (["run", "--method", "grid,grid"], "appears twice"),
-        (["run", "--seeds", "0"], "--seeds must be at least 1"),
-        (["run", "--seed-start", "-1"], "--seed-start must be non-negative"),
-        (["run", "--budget", "0"], "--budget must be positive"),
-        (["run", "--budget", "-3"], "--budget must be positive"),
-        (["run", "--time-budget", "0"], "--time-budget must be positive"),
-        (["run", "--option", "novalue"], "--option takes KEY=VALUE"),
-        (["run", "--task", "quadratic", "--option", "colour=red"], "has no option 'colour'; valid options"),
-        (["run", "--method", "grid", "--method-option", "grid.x=1"], "method 'grid' has no option 'x'"),
-        (["run", "--method", "bilevel", "--method-option", "bilevel.bogus=1"], "valid options: optimizer"),
-        (["run", "--profile", "huge"], "Invalid value for '--profile'"),
-    ],
-)
-def test_bad_input_is_one_clear_line_with_exit_2(args, needle, capsys, tmp_path):
-    code, out, err = call(args + ["--out", str(tmp_path / "o")], capsys)
-    assert code == 2
-    assert needle in err
+# Bad input: the table of tests/test_bad_input.py.
     assert "Traceback" not in err and "Traceback" not in out
     assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
 

@@ -120,7 +120,7 @@ def test_interrupted_run_resumes_without_loss_or_recomputation(tmp_path, interru
     before = {t.number: (t.params, t.value) for t in study.trials if t.state == TrialState.COMPLETE}
     assert len(before) == 4
     # a hard kill leaves a RUNNING trial behind: simulate one in the second cell
-    other = optuna.create_study(study_name="interrupting.tpe.smoke.seed0", storage=url)
+    other = optuna.load_study(study_name="interrupting.tpe.smoke.seed0", storage=url)
     other.ask({"x": FloatDistribution(-1, 1)})
 
     interrupting.interrupt_at = None
@@ -131,11 +131,12 @@ def test_interrupted_run_resumes_without_loss_or_recomputation(tmp_path, interru
     assert len(complete) == 8
     assert {t.number: (t.params, t.value) for t in complete if t.number in before} == before
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted: SIGINT"]
     # only the missing trials were computed (4 + final protocol), per cell
     tpe = optuna.load_study(study_name="interrupting.tpe.smoke.seed0", storage=url)
     assert sum(t.state == TrialState.COMPLETE for t in tpe.trials) == 8
-    assert tpe.trials[0].state == TrialState.FAIL and tpe.trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert tpe.trials[0].state == TrialState.FAIL
+    assert tpe.trials[0].user_attrs["fail_reason"] == "interrupted: left running by an earlier run"
     assert interrupting.calls == 4 + 1 + 8 + 1
 
 

@@ -54,7 +54,7 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import torchvision
 
-    from ...bench.runner import FINAL_SEED_OFFSET  # final-protocol seed = FINAL_SEED_OFFSET + cell seed
+    from ...bench.seeds import FINAL_SEED_OFFSET  # final-protocol seed = FINAL_SEED_OFFSET + cell seed
     from .task import MnistScheduleTask, find_final_samples
 
     cols = [f"param_{n}" for n in S.PARAM_NAMES]

@@ -84,6 +84,7 @@ import torch
 from optuna.distributions import FloatDistribution
 
 from ...bench.errors import DiffhpoError
+from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult, Task
 from . import schedules as S
@@ -95,42 +96,53 @@ SAMPLE_NOISE = 21  # derive_seed purpose tag of the generation noise
 
 @dataclass(frozen=True)
 class MnistScheduleConfig:
-    """Settings of one profile; every field is a ``--option``."""
+    """Settings of one profile; every field is a ``--option`` (declared with its range)."""
 
-    schedule: str = "cosine"  # family: cosine or sigmoid
-    dataset: str = "mnist5k"  # mnist5k (offline) or mnist (full, needs the files)
-    data_root: str = ""  # folder holding MNIST/raw for dataset=mnist ("" = the cache)
-    reference: str = ""  # FID reference split ("" = <dataset>:heldout)
-    image_size: int = 28  # side the network is trained and sampled at (< 28: area-downsampled images)
+    schedule: str = option("cosine", "schedule family", choices=S.FAMILIES)
+    dataset: str = option("mnist5k", "mnist5k (offline) or mnist (full, needs the files)", choices=("mnist5k", "mnist"))
+    data_root: str = option("", "folder holding MNIST/raw for dataset=mnist ('' = the cache)")
+    reference: str = option("", "FID reference split ('' = <dataset>:heldout)")
+    image_size: int = option(28, "side the network trains and samples at (< 28: area-downsampled images)",
+                             ge=4, le=IMAGE_SIZE)
     # network (diffusers UNet2DModel)
-    unet_channels: tuple = (16, 32, 32)
-    unet_attention: tuple = (False, False, True)
-    unet_layers_per_block: int = 1
-    unet_norm_groups: int = 8
+    unet_channels: tuple = option((16, 32, 32), "channels per UNet level", ge=1, le=1024, nonempty=True)
+    unet_attention: tuple = option((False, False, True), "attention per UNet level", nonempty=True)
+    unet_layers_per_block: int = option(1, "ResNet layers per UNet block", ge=1, le=8)
+    unet_norm_groups: int = option(8, "GroupNorm groups (divides every channel count)", ge=1)
     # one full training (= one cost unit)
-    epochs: float = 4.0
-    batch_size: int = 32
-    lr: float = 5e-3
-    lr_schedule: str = "cosine"  # cosine (decay to 0 over a full training) or constant
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0  # 0 = no EMA; else the EMA weights are sampled
+    epochs: float = option(4.0, "epochs of one full training", gt=0, le=1000)
+    batch_size: int = option(32, "training batch", ge=1, le=4096)
+    lr: float = option(5e-3, "Adam learning rate", gt=0, le=1)
+    lr_schedule: str = option("cosine", "cosine (decay to 0 over a full training) or constant",
+                              choices=("cosine", "constant"))
+    warmup_steps: int = option(20, "linear learning-rate warm-up steps", ge=0)
+    grad_clip: float = option(1.0, "gradient-norm clip", gt=0)
+    ema_decay: float = option(0.0, "0 = no EMA; else the EMA weights are sampled", ge=0, lt=1)
     # sampling and metrics
-    sample_steps: int = 10  # DDIM steps, eta = 0
-    search_samples: int = 256  # images per FID during the search
-    final_samples: int = 1000  # images per FID in the final protocol
-    sample_batch: int = 250
-    threads: int = 1  # torch threads while training and sampling (0: torch's default)
+    sample_steps: int = option(10, "DDIM steps, eta = 0", ge=1, le=1000)
+    search_samples: int = option(256, "images per FID during the search", ge=2)
+    final_samples: int = option(1000, "images per FID in the final protocol", ge=2)
+    sample_batch: int = option(250, "images per sampling batch", ge=1)
+    threads: int = option(1, "torch threads while training and sampling (0: torch's default)", ge=0, le=256)
     # single-loop bilevel oracle (see bilevel.py)
-    bl_warmup: float = 0.5  # fraction of one full training's steps spent on z before q moves
-    bl_inner_steps: int = 20  # optimiser steps on y and on z per outer iteration
-    bl_zo_directions: int = 2  # Gaussian directions of the two-point estimate of grad_q FID
-    bl_zo_delta: float = 0.05  # its radius, in normalised coordinates (fraction of each range)
-    bl_zo_samples: int = 128  # images per FID of the zeroth-order estimate
-    bl_qgrad_batch: int = 256  # batch of the analytic grad_q L_SM (same batch for y and z)
-    bl_upper_batch: int = 32  # images of the differentiable DDIM chain of y's upper-level step
-    bl_upper_ratio: float = 0.1  # upper-level part of y's step / lower-level part, at iteration 0
-    budget: float = 4.0  # full trainings per cell (every method)
+    bl_warmup: float = option(0.5, "fraction of one full training's steps spent on z before q moves", ge=0, le=10)
+    bl_inner_steps: int = option(20, "optimiser steps on y and on z per outer iteration", ge=1)
+    bl_zo_directions: int = option(2, "Gaussian directions of the two-point estimate of grad_q FID", ge=1, le=64)
+    bl_zo_delta: float = option(0.05, "its radius, in normalised coordinates (fraction of each range)", gt=0, le=0.5)
+    bl_zo_samples: int = option(128, "images per FID of the zeroth-order estimate", ge=2)
+    bl_qgrad_batch: int = option(256, "batch of the analytic grad_q L_SM (same batch for y and z)", ge=1)
+    bl_upper_batch: int = option(32, "images of the differentiable DDIM chain of y's upper-level step", ge=1)
+    bl_upper_ratio: float = option(0.1, "upper-level part of y's step / lower-level part, at iteration 0", gt=0)
+    budget: float = option(4.0, "full trainings per cell (every method)", gt=0, le=1e6)
+
+    def rules(self):
+        levels = len(tuple(self.unet_channels))
+        halvings = 2 ** (levels - 1)  # the UNet halves the side per level
+        yield len(tuple(self.unet_attention)) == levels, "unet_attention needs one value per unet_channels level"
+        yield int(self.image_size) % halvings == 0, (
+            f"image_size must be a multiple of {halvings} (the UNet has {levels} levels)")
+        yield all(int(c) % int(self.unet_norm_groups) == 0 for c in self.unet_channels), (
+            "unet_norm_groups must divide every unet_channels value")
 
 
 SMOKE = MnistScheduleConfig(
@@ -160,19 +172,6 @@ class MnistScheduleTask(Task):
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
-        cfg = self.config
-        if cfg.schedule not in S.FAMILIES:
-            raise DiffhpoError(f"task {self.name!r}: schedule must be one of {', '.join(S.FAMILIES)}")
-        if cfg.lr_schedule not in ("cosine", "constant"):
-            raise DiffhpoError(f"task {self.name!r}: lr_schedule must be cosine or constant")
-        if cfg.dataset not in ("mnist5k", "mnist"):
-            raise DiffhpoError(f"task {self.name!r}: dataset must be mnist5k or mnist")
-        halvings = 2 ** (len(tuple(cfg.unet_channels)) - 1)  # the UNet halves the side per level
-        if not 4 <= int(cfg.image_size) <= IMAGE_SIZE or int(cfg.image_size) % halvings:
-            raise DiffhpoError(f"task {self.name!r}: image_size must be between 4 and {IMAGE_SIZE} and a multiple of "
-                               f"{halvings} (the UNet has {len(tuple(cfg.unet_channels))} levels)")
-        if int(cfg.sample_steps) < 1 or int(cfg.search_samples) < 2 or int(cfg.final_samples) < 2:
-            raise DiffhpoError(f"task {self.name!r}: sample_steps >= 1 and sample counts >= 2 are required")
         self._data: torch.Tensor | None = None
         self._oracle = None
 
@@ -253,6 +252,13 @@ class MnistScheduleTask(Task):
     @property
     def reference(self) -> str:
         return self.config.reference or f"{self.config.dataset}:heldout"
+
+    def check_ready(self) -> None:
+        """The training data set and the FID reference split must be on disk."""
+        from ...bench.data import require
+
+        require(self.config.dataset, self.data_root)
+        require(self.reference.partition(":")[0], self.data_root)
 
     @property
     def data_root(self) -> str | None:

@@ -48,6 +48,13 @@ EVAL_NOISE, BANK_NOISE = 501, 502
 SAMPLE_GRID_PER_CONDITION = 8
 
 
+def reward_rules(cfg):
+    """Constraints both reward tasks' configs share (see :mod:`diffhpo.bench.options`)."""
+    yield cfg.lam_low < cfg.lam_high, "lam_low must be below lam_high"
+    yield cfg.w_low < cfg.w_high, "w_low must be below w_high"
+    yield cfg.lam_low <= cfg.ws_lambda <= cfg.lam_high, "ws_lambda must lie in [lam_low, lam_high]"
+
+
 class RewardTask(Task):
     """Base of the reward tasks. Subclasses provide the model, the conditions, the rewards
     and the quality metrics; see :class:`~diffhpo.tasks.reward.mnist_task.RewardMnistTask`."""
@@ -85,25 +92,6 @@ class RewardTask(Task):
         raise NotImplementedError
 
     # -- declarations ----------------------------------------------------------------------------
-    def _check_common(self) -> None:
-        cfg = self.config
-        from .guidance import GRAD_THROUGH
-
-        if cfg.grad_through not in GRAD_THROUGH:
-            raise DiffhpoError(f"task {self.name!r}: grad_through must be one of {', '.join(GRAD_THROUGH)}")
-        if not 0 < cfg.lam_low < cfg.lam_high:
-            raise DiffhpoError(f"task {self.name!r}: need 0 < lam_low < lam_high")
-        if not 0 < cfg.w_low < cfg.w_high:
-            raise DiffhpoError(f"task {self.name!r}: need 0 < w_low < w_high")
-        for key in ("n_samples", "n_final", "bank_size", "steps", "batch_size"):
-            if int(getattr(cfg, key)) < 1:
-                raise DiffhpoError(f"task {self.name!r}: {key} must be at least 1")
-        if cfg.oracle_cost <= 0:
-            raise DiffhpoError(f"task {self.name!r}: oracle_cost must be positive")
-        if not 0.0 <= float(cfg.eta) <= 1.0:
-            raise DiffhpoError(f"task {self.name!r}: eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), "
-                               f"got {cfg.eta}")
-
     def search_space(self) -> dict[str, BaseDistribution]:
         return {"lam": FloatDistribution(self.config.lam_low, self.config.lam_high, log=True)}
 

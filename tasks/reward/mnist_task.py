@@ -48,48 +48,53 @@ from typing import Any
 
 import numpy as np
 
-from ...bench.errors import DiffhpoError
+from ...bench.options import option
 from ..base import Metric
-from .common import RewardTask
+from .common import RewardTask, reward_rules
+from .guidance import GRAD_THROUGH
 
 
 @dataclass(frozen=True)
 class RewardMnistConfig:
-    digits: tuple = (3, 5, 8)
-    model: str = ""  # empty: the shipped DDPM; else a diffusers DDPMPipeline folder or hub id
-    reward: str = "classifier-logprob"  # r2, by reward-registry name
-    classifier_weights: str = ""  # empty: the shipped guidance classifier
-    guidance: float = 1.0
+    digits: tuple = option((3, 5, 8), "target digits (the 'prompts'), distinct", ge=0, le=9, nonempty=True)
+    model: str = option("", "'' = the shipped DDPM; else a diffusers DDPMPipeline folder or hub id")
+    reward: str = option("classifier-logprob", "r2, by reward-registry name")
+    classifier_weights: str = option("", "'' = the shipped guidance classifier; else a weights file")
+    guidance: float = option(1.0, "guidance scale multiplying grad r2 / lambda", ge=0, le=1e4)
     # "decoder": the gradient stops at the predicted x0 (guidance.py). Not "unet": through the
     # UNet, d x0_hat / d x_t carries 1 / sqrt(alphabar_t) (2e4 at the first trailing step,
     # t = T), and the shipped model's small Jacobian errors, so amplified, saturate the sample:
     # measured (eta = 0), mean r2 fell from -9.4 (unguided) to -21 at lambda = 1 and -49 at 0.01, while
     # "decoder" raised it to -4.5 at lambda = 1 and -0.17 at 0.1 (16 samples of digit 3).
-    grad_through: str = "decoder"
-    steps: int = 25  # sampling steps (diffusers DDIMScheduler, "trailing" spacing)
+    grad_through: str = option("decoder", "where the reward gradient flows", choices=GRAD_THROUGH)
+    steps: int = option(25, "sampling steps (diffusers DDIMScheduler, 'trailing' spacing)", ge=1, le=1000)
     # DDIM's eta: 1.0 samples ancestrally (the DDPM sampler on the sub-sequence of steps), 0.0
     # deterministically. Measured on 1,000 samples of the shipped DDPM (25 steps,
     # benchmarks/mnist_ddpm_quality.py): eta = 1 gives FID 1.1 and 85.9% classified with
     # probability >= 0.9; eta = 0 FID 3.6 and 83.3%, with too many blobs read as 8 and too few
     # 1s. The gap is larger for a less trained model: at 8,000 of its 16,000 steps, 0.83 against
     # 0.74 (400 samples; 50 or 100 deterministic steps did not help: 0.73, 0.72).
-    eta: float = 1.0
-    n_samples: int = 32  # images per digit in a search-time guided run (the cost unit)
-    n_final: int = 100  # images per digit in the final protocol
+    eta: float = option(1.0, "DDIM eta: 0 deterministic, 1 ancestral", ge=0, le=1)
+    n_samples: int = option(32, "images per digit in a search-time guided run (the cost unit)", ge=1)
+    n_final: int = option(100, "images per digit in the final protocol", ge=1)
     # un-guided images in the bilevel oracle's bank. Charged bank_size / (n_samples x digits)
     # units (bank.py): 384 / 96 = 4 of the quick budget of 5, leaving 1 unit for outer
     # iterations (20 at oracle_cost 0.05). 600 images cost 6.25 units, more than the budget,
     # and the bilevel cell overspent it (measured: one iteration, 6.35 units).
-    bank_size: int = 384
-    bank_cache: bool = True
-    batch_size: int = 96
-    lam_low: float = 0.01
-    lam_high: float = 100.0
-    ws_lambda: float = 1.0  # the weighted-sum baseline's fixed lambda
-    w_low: float = 0.01
-    w_high: float = 100.0
-    oracle_cost: float = 0.05  # cost units charged per bilevel outer iteration
-    budget: float = 5.0
+    bank_size: int = option(384, "un-guided images in the bilevel oracle's bank", ge=1)
+    bank_cache: bool = option(True, "keep the bank on disk between runs")
+    batch_size: int = option(96, "images per sampling batch", ge=1)
+    lam_low: float = option(0.01, "lower end of lambda's range", gt=0)
+    lam_high: float = option(100.0, "upper end of lambda's range", gt=0)
+    ws_lambda: float = option(1.0, "the weighted-sum baseline's fixed lambda", gt=0)
+    w_low: float = option(0.01, "lower end of the weighted-sum weight w", gt=0)
+    w_high: float = option(100.0, "upper end of the weighted-sum weight w", gt=0)
+    oracle_cost: float = option(0.05, "cost units charged per bilevel outer iteration", gt=0)
+    budget: float = option(5.0, "guided sampling runs per cell (every method)", gt=0, le=1e6)
+
+    def rules(self):
+        yield from reward_rules(self)
+        yield len(set(self.digits)) == len(self.digits), "digits must be distinct"
 
 
 class MnistModel:
@@ -128,14 +133,6 @@ class RewardMnistTask(RewardTask):
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
-        try:
-            digits = tuple(int(d) for d in self.config.digits)
-        except (TypeError, ValueError):
-            raise DiffhpoError(f"task {self.name!r}: digits must be integers 0..9, got {self.config.digits!r}") from None
-        if not digits or len(set(digits)) != len(digits) or not all(0 <= d <= 9 for d in digits):
-            raise DiffhpoError(f"task {self.name!r}: digits must be distinct integers 0..9, got {digits}")
-        self.config = dataclasses.replace(self.config, digits=digits)
-        self._check_common()
 
     @property
     def metrics(self) -> list[Metric]:
@@ -147,6 +144,23 @@ class RewardMnistTask(RewardTask):
             Metric("kid", "minimize", "KID (mnist-net), mean over subsets"),
             Metric("is", "maximize", "Inception Score (mnist-net logits)"),
         ]
+
+    def check_ready(self) -> None:
+        """A model or classifier given by path must exist (the shipped ones always do)."""
+        from pathlib import Path
+
+        from ...bench.errors import DiffhpoError
+
+        if self.config.model and not Path(self.config.model).expanduser().is_dir():
+            from .sd_task import _hub_cache, _in_hub_cache
+
+            if not _in_hub_cache(self.config.model, "unet/config.json"):
+                raise DiffhpoError(f"task {self.name!r}: model {self.config.model!r} is neither a folder nor in the "
+                                   f"Hugging Face cache ({_hub_cache()}); pass --option model=FOLDER or leave it "
+                                   "empty for the shipped DDPM")
+        weights = self.config.classifier_weights
+        if weights and not Path(weights).expanduser().is_file():
+            raise DiffhpoError(f"task {self.name!r}: classifier_weights {weights!r}: no such file")
 
     # -- hooks -------------------------------------------------------------------------------
     def conditions(self) -> list:

@@ -69,7 +69,7 @@ def _ws_lambda(task_cls, cells: pd.DataFrame) -> float:
 
 
 def sample_grids(task_cls, cells: pd.DataFrame, path: Path) -> Path | None:
-    from ...bench.runner import FINAL_SEED_OFFSET
+    from ...bench.seeds import FINAL_SEED_OFFSET
     from .common import _params_key, final_grid_dir
 
     done = cells[cells.status == "done"] if "status" in cells else cells

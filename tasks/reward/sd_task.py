@@ -39,6 +39,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,10 @@ from typing import Any
 import numpy as np
 
 from ...bench.errors import DiffhpoError
+from ...bench.options import option
 from ..base import Metric
-from .common import RewardTask
+from .common import RewardTask, reward_rules
+from .guidance import GRAD_THROUGH
 from .tiny import TINY
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
@@ -56,34 +59,40 @@ DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
 
 @dataclass(frozen=True)
 class RewardSdConfig:
-    model: str = DEFAULT_MODEL
-    prompts: tuple = ("fox", "horse")
-    prompts_file: str = ""
-    clip_model: str = "openai/clip-vit-base-patch32"
-    reward: str = "colourfulness"
-    aesthetic_weights: str = ""
-    cfg: float = 7.5
-    steps: int = 50
-    eta: float = 0.0  # DDIM's eta: 0.0 deterministic DDIM, as in the paper; 1.0 ancestral
-    size: int = 512
-    dtype: str = "auto"  # float16 on a GPU, float32 on the CPU
-    device: str = "auto"
-    guidance: float = 1.0
-    grad_through: str = "unet"
-    n_samples: int = 4  # images per prompt in a search-time guided run (the cost unit)
-    n_final: int = 16
-    bank_size: int = 32  # un-guided images per prompt in the bilevel oracle's bank
-    bank_cache: bool = True
-    batch_size: int = 4
-    lam_low: float = 0.01
-    lam_high: float = 100.0
-    ws_lambda: float = 1.0
-    w_low: float = 0.01
-    w_high: float = 100.0
-    oracle_cost: float = 0.1
-    fid_backend: str = "auto"  # auto, inception or mnist-net
-    inception_weights: str = ""
-    budget: float = 5.0
+    model: str = option(DEFAULT_MODEL, "Stable Diffusion: a saved pipeline folder or a hub id in the cache")
+    prompts: tuple = option(("fox", "horse"), "prompts, distinct (or prompts_file)")
+    prompts_file: str = option("", "a text file with one prompt per line (overrides prompts)")
+    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP for the upper score: a folder or a cached hub id")
+    reward: str = option("colourfulness", "r2, by reward-registry name")
+    aesthetic_weights: str = option("", "weights of the 'aesthetic' linear head (a file, or random:SEED)")
+    cfg: float = option(7.5, "classifier-free guidance scale", ge=1, le=50)
+    steps: int = option(50, "DDIM steps", ge=1, le=1000)
+    eta: float = option(0.0, "DDIM eta: 0 deterministic (the paper), 1 ancestral", ge=0, le=1)
+    size: int = option(512, "image side in pixels (a multiple of the VAE's scale)", ge=8, le=2048)
+    dtype: str = option("auto", "auto: float16 on a GPU, float32 on the CPU",
+                        choices=("auto", "float16", "bfloat16", "float32"))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    guidance: float = option(1.0, "guidance scale multiplying grad r2 / lambda", ge=0, le=1e4)
+    grad_through: str = option("unet", "where the reward gradient flows", choices=GRAD_THROUGH)
+    n_samples: int = option(4, "images per prompt in a search-time guided run (the cost unit)", ge=1)
+    n_final: int = option(16, "images per prompt in the final protocol", ge=1)
+    bank_size: int = option(32, "un-guided images per prompt in the bilevel oracle's bank", ge=1)
+    bank_cache: bool = option(True, "keep the bank on disk between runs")
+    batch_size: int = option(4, "images per sampling batch", ge=1)
+    lam_low: float = option(0.01, "lower end of lambda's range", gt=0)
+    lam_high: float = option(100.0, "upper end of lambda's range", gt=0)
+    ws_lambda: float = option(1.0, "the weighted-sum baseline's fixed lambda", gt=0)
+    w_low: float = option(0.01, "lower end of the weighted-sum weight w", gt=0)
+    w_high: float = option(100.0, "upper end of the weighted-sum weight w", gt=0)
+    oracle_cost: float = option(0.1, "cost units charged per bilevel outer iteration", gt=0)
+    fid_backend: str = option("auto", "FID features", choices=("auto", "inception", "mnist-net"))
+    inception_weights: str = option("", "InceptionV3 weights file (offline FID)")
+    budget: float = option(5.0, "guided sampling runs per cell (every method)", gt=0, le=1e6)
+
+    def rules(self):
+        yield from reward_rules(self)
+        yield self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None, (
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 class SdModel:
@@ -134,13 +143,19 @@ class SdModel:
         return ddim_scheduler(self.scheduler_config, steps)
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def _in_hub_cache(repo_id: str, filename: str = "model_index.json") -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
     except ValueError:
         return False
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 @contextlib.contextmanager
@@ -240,11 +255,8 @@ class RewardSdTask(RewardTask):
                 raise DiffhpoError(f"task {self.name!r}: prompts_file {cfg.prompts_file}: {exc.strerror}") from None
         if not prompts or len(set(prompts)) != len(prompts):
             raise DiffhpoError(f"task {self.name!r}: need at least one prompt, all distinct")
-        if cfg.fid_backend not in ("auto", "inception", "mnist-net"):
-            raise DiffhpoError(f"task {self.name!r}: fid_backend must be auto, inception or mnist-net")
         self._prompts = prompts
         self._references: dict = {}  # (seed, n) -> the un-guided reference images (_reference)
-        self._check_common()
 
     @property
     def metrics(self) -> list[Metric]:
@@ -257,6 +269,28 @@ class RewardSdTask(RewardTask):
         ]
 
     # -- environment ------------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        """The model and CLIP weights must be on disk (a folder, or a hub id in the Hugging
+        Face cache) and the device must exist: otherwise every trial would fail while
+        trying to download them."""
+        for option_name, source in (("model", self.config.model), ("clip_model", self.config.clip_model)):
+            if source == TINY:
+                continue
+            path = Path(source).expanduser()
+            if path.is_dir() or (option_name == "clip_model" and _in_hub_cache(source, "config.json")) or \
+                    (option_name == "model" and _in_hub_cache(source)):
+                continue
+            raise DiffhpoError(
+                f"task {self.name!r}: {option_name} {source!r} is neither a folder nor in the Hugging Face cache "
+                f"({_hub_cache()}); download it there (huggingface-cli download {source}) or pass "
+                f"--option {option_name}=FOLDER"
+            )
+        import torch
+
+        if self.config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise DiffhpoError(f"task {self.name!r}: device {self.config.device!r} asked for, but torch sees no CUDA "
+                               "device; use --option device=cpu or auto")
+
     @functools.cached_property
     def device(self):
         import torch

@@ -1,0 +1,195 @@
+"""Every bad input is refused before any work starts: exit code 2, one `error:` line that
+names the problem, no traceback, and an existing storage left byte-identical (issue 13)."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from diffhpo.cli import main
+
+pytestmark = pytest.mark.usefixtures("session_cache")
+
+STUDY = "quadratic.random.smoke.seed0"
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A finished smoke run (quadratic x random, bilevel) whose storage the bad inputs meet."""
+    out = tmp_path_factory.mktemp("done")
+    main(["run", "-t", "quadratic", "-m", "random,bilevel", "-p", "smoke", "--out", str(out),
+          "--no-progress", "--no-report"])
+    return out
+
+
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.glob("diffhpo.sqlite3*")) if p.suffix != ".lock"}
+
+
+E = "{empty}"  # an empty folder of the test
+D = "{done}"  # the finished run's folder
+URL = "sqlite:///{done}/diffhpo.sqlite3"
+
+RUN = ["run", "-p", "smoke", "--no-progress"]
+Q = RUN + ["-t", "quadratic", "-m", "random"]
+MS = RUN + ["-t", "mnist-schedule", "-m", "random"]
+RM = RUN + ["-t", "reward-mnist", "-m", "random"]
+SD = RUN + ["-t", "reward-sd", "-m", "random"]
+
+CASES = [
+    # names and lists
+    (RUN + ["--method", "nope"], "unknown method 'nope'; valid methods: all, grid"),
+    (RUN + ["--task", "nope"], "unknown task 'nope'; valid tasks: all, quadratic"),
+    (RUN + ["--task", "quadratic,nope"], "unknown task 'nope'"),
+    (RUN + ["--method", ""], "--method needs a comma-separated list"),
+    (RUN + ["--method", "grid,,random"], "--method needs a comma-separated list"),
+    (RUN + ["--method", "grid,grid"], "appears twice"),
+    (RUN + ["--task", ","], "--task needs a comma-separated list"),
+    (RUN + ["--profile", "huge"], "Invalid value for '--profile'"),
+    # seeds and budgets
+    (Q + ["--seeds", "0"], "--seeds must be at least 1"),
+    (Q + ["--seeds", "-2"], "--seeds must be at least 1"),
+    (Q + ["--seed-start", "-1"], "seed -1 is out of range"),
+    (Q + ["--seed-start", "4294967296"], "seed 4294967296 is out of range"),
+    (Q + ["--seed-start", "2147483000", "--seeds", "2"], "is out of range"),
+    (Q + ["--seeds", "x"], "Invalid value for '--seeds'"),
+    (Q + ["--budget", "0"], "--budget must be a positive finite number"),
+    (Q + ["--budget", "-3"], "--budget must be a positive finite number"),
+    (Q + ["--budget", "1e309"], "--budget must be a positive finite number, got inf"),
+    (Q + ["--budget", "nan"], "--budget must be a positive finite number"),
+    (Q + ["--time-budget", "0"], "--time-budget must be a positive finite number"),
+    (Q + ["--time-budget", "inf"], "--time-budget must be a positive finite number"),
+    (Q + ["--workers", "0"], "--workers must be at least 1"),
+    (Q + ["--workers", "2"], "--workers needs a storage several processes can share"),
+    (Q + ["--heartbeat", "0"], "--heartbeat must be a positive finite number"),
+    # task options: names, types, ranges, rules
+    (Q + ["--option", "novalue"], "--option takes KEY=VALUE"),
+    (Q + ["--option", "=3"], "--option takes KEY=VALUE"),
+    (Q + ["--option", "colour=red"], "has no option 'colour'; valid options"),
+    (Q + ["--option", "noise=1", "--option", "noise=2"], "--option noise is given twice"),
+    (Q + ["--option", "budget=nan"], "option budget=nan must be a finite number"),
+    (Q + ["--option", "budget=-1"], "option budget=-1 must be > 0"),
+    (Q + ["--option", "budget=inf"], "option budget=inf must be a finite number"),
+    (Q + ["--option", "n_train=0"], "option n_train=0 must be >= 1"),
+    (Q + ["--option", "noise=nan"], "option noise=nan must be a finite number"),
+    (Q + ["--option", "noise=-1"], "option noise=-1 must be >= 0"),
+    (Q + ["--option", "group_size=0"], "option group_size=0 must be >= 1"),
+    (Q + ["--option", "alpha_low=0"], "option alpha_low=0 must be > 0"),
+    (Q + ["--option", "alpha_low=10", "--option", "alpha_high=1"], "alpha_low must be below alpha_high"),
+    (Q + ["--option", "data_seed=-1"], "option data_seed=-1 must be >= 0"),
+    (Q + ["--option", "n_groups=11"], "option n_groups=11 must be >= 1 and <= 10"),
+    (Q + ["--option", "n_groups=2.5"], "option n_groups='2.5' is not a valid int"),
+    (Q + ["--option", "hypergradient=magic"], "must be one of penalty, exact"),
+    (Q + ["--option", "sleep_s=-1"], "option sleep_s=-1 must be >= 0"),
+    (MS + ["--option", "schedule=linear"], "must be one of cosine, sigmoid"),
+    (MS + ["--option", "image_size=3"], "option image_size=3 must be >= 4"),
+    (MS + ["--option", "image_size=7"], "image_size must be a multiple of 2"),
+    (MS + ["--option", "ema_decay=1"], "option ema_decay=1 must be >= 0 and < 1"),
+    (MS + ["--option", "lr_schedule=step"], "must be one of cosine, constant"),
+    (MS + ["--option", "unet_channels=8,10"], "unet_norm_groups must divide every unet_channels value"),
+    (MS + ["--option", "dataset=mnist", "--option", "data_root={empty}"], "full MNIST not found"),
+    (RM + ["--option", "digits=3,3"], "digits must be distinct"),
+    (RM + ["--option", "digits=12"], "option digits=12 must be >= 0 and <= 9"),
+    (RM + ["--option", "digits=a"], "is not a valid"),
+    (RM + ["--option", "eta=2"], "option eta=2 must be >= 0 and <= 1"),
+    (RM + ["--option", "lam_low=0"], "option lam_low=0 must be > 0"),
+    (RM + ["--option", "lam_low=5", "--option", "lam_high=1"], "lam_low must be below lam_high"),
+    (RM + ["--option", "grad_through=nowhere"], "must be one of unet, decoder"),
+    (RM + ["--option", "classifier_weights={empty}/none.pt"], "classifier_weights"),
+    (RM + ["--option", "bank_cache=maybe"], "is not a valid bool"),
+    (SD + ["--option", "model={empty}/none"], "is neither a folder nor in the Hugging Face cache"),
+    (SD + ["--option", "dtype=float8"], "must be one of auto, float16, bfloat16, float32"),
+    (SD + ["--option", "device=tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    # method options
+    (Q + ["--method-option", "random.x=1"], "method 'random' has no option 'x'"),
+    (Q + ["--method-option", "nodot=1"], "--method-option takes METHOD.KEY=VALUE"),
+    (Q + ["--method-option", "grid.x=1"], "--method-option for 'grid', which is not in --method"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.bogus=1"], "valid options: optimizer"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.optimizer=foo"],
+     "must be one of rprop, adam, sgd"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.step=abc"], "is not a valid float"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.step=-1"], "option step=-1 must be > 0"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.zo_directions=0"],
+     "option zo_directions=0 must be >= 1"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.gamma_growth=0.5"],
+     "option gamma_growth=0.5 must be >= 1"),
+    # storages
+    (Q + ["--storage", "sqlite://"], "is an in-memory database"),
+    (Q + ["--storage", "sqlite:///:memory:"], "is an in-memory database"),
+    (Q + ["--storage", ""], "--storage is empty"),
+    (Q + ["--storage", "nosuch://x"], "is not a storage URL"),
+    (Q + ["--storage", "results.db"], "is not a storage URL"),
+    (Q + ["--storage", "journal://"], "names no file"),
+    # reruns of the finished run: other settings are refused, naming the stored ones
+    (Q + ["--out", D, "--budget", "5"], "was run with --budget 12"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--out", D, "--method-option", "bilevel.step=0.1"],
+     "was run with --method-option (none)"),
+    (Q + ["--out", D, "--option", "noise=0.5"], "already exists in this storage with other task settings"),
+    (Q + ["--out", D, "--time-budget", "100"], "was run with --time-budget (none)"),
+    # report
+    (["report", "--out", E], "no results in"),
+    (["report", "--out", E, "--storage", "sqlite:///{empty}/new.db"], "no such file"),
+    (["report", "--out", E, "--storage", "journal:///{empty}/none.log"], "no such file"),
+    (["report", "--out", E, "--storage", "sqlite://"], "is an in-memory database"),
+    (["report", "--out", E, "--storage", "nosuch://x"], "is not a storage URL"),
+    # worker
+    (["worker", "--storage", "sqlite:///{empty}/none.db", "--study", STUDY], "no such file"),
+    (["worker", "--storage", URL, "--study", "nosuch"], "no study 'nosuch'"),
+    (["worker", "--storage", URL, "--study", STUDY, "--heartbeat", "0"], "--heartbeat must be a positive"),
+    (["worker", "--storage", "", "--study", STUDY], "--storage is empty"),
+    (["worker", "--study", STUDY], "Missing option '--storage'"),
+    # assets
+    (["assets", "build", "nope"], "'nope' is not an asset; valid: feature-net"),
+    (["assets", "build", "feature-net", "--steps", "5", "--out", E], "--steps and --checkpoints apply to mnist-ddpm"),
+    (["assets", "build", "feature-net", "--seed", "-1", "--out", E], "Invalid value for '--seed'"),
+    (["assets", "verify", "nope"], "'nope' is not an asset"),
+    # metrics
+    (["metrics", "sanity", "--images-per-set", "5"], "--images-per-set must lie in 10..500"),
+    (["metrics", "sanity", "--images-per-set", "100000"], "--images-per-set must lie in 10..500"),
+    (["metrics", "sanity", "--seed", "-1"], "Invalid value for '--seed'"),
+    (["metrics", "sanity", "--backend", "clip"], "Invalid value for '--backend'"),
+    (["metrics", "sanity", "--dataset", "mnist", "--data-root", E], "full MNIST not found"),
+    (["metrics", "sanity", "--backend", "inception", "--inception-weights", "{empty}/none.pth"],
+     "Invalid value for '--inception-weights'"),
+]
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 60
+
+
+def test_every_option_of_every_task_and_method_is_declared():
+    from diffhpo.bench.options import Spec, undeclared
+    from diffhpo.bench.registry import TASKS
+    from diffhpo.methods import METHODS
+
+    configs = [cfg for _, cls in TASKS.items() for cfg in cls.profiles.values()]
+    configs += [m.options() for _, m in METHODS.items() if isinstance(m.options, type)]
+    assert configs and undeclared(configs) == []
+    for cfg in configs:  # every profile's own defaults pass the checks
+        from diffhpo.bench.options import check
+
+        check("test", cfg)
+    assert Spec(ge=0, le=9).problem((3, 12)) and not Spec(ge=0, le=9).problem((3, 8))
+
+
+@pytest.mark.parametrize("args, needle", CASES, ids=[" ".join(a[:1] + a[4:])[:60] for a, _ in CASES])
+def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, done, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.format(empty=empty, done=done) for a in args]
+    if args[0] == "run" and "--out" not in args:
+        args += ["--out", str(tmp_path / "o")]
+    before = _fingerprint(done)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exc.value.code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle.format(empty=empty, done=done) in lines[0]
+    assert _fingerprint(done) == before  # the storage is untouched
+    assert not any(empty.iterdir())  # nothing written where nothing was asked
