@@ -264,3 +264,14 @@ def test_report_from_a_missing_storage_file_is_an_error_not_a_new_storage(tmp_pa
     err = capsys.readouterr().err
     assert f"storage 'sqlite:///{missing}': no such file" in err and "Traceback" not in err
     assert not missing.exists()
+
+
+def test_a_task_whose_trials_all_failed_is_reported_without_curves(tmp_path):
+    storage = synth_storage(f"sqlite:///{tmp_path}/s.db", range(2))
+    failed = [create_trial(state=TrialState.FAIL, user_attrs={"cost": 1.0, "fail_reason": "ValueError: diverged"})]
+    for method in ("good", "bad"):
+        add_cell(storage, method, 0, [], float("nan"), task="broken", extra_trials=failed)
+    written = write_report(storage, tmp_path / "out")
+    assert written["html"].exists() and "synth_smoke_regret" in written and "broken_smoke_regret" not in written
+    ranks_ = pd.read_csv(written["ranks"])
+    assert (ranks_[ranks_.task == "broken"]["rank final"] == 1.5).all()  # no value: a tie

@@ -197,6 +197,8 @@ def curves(trials: pd.DataFrame, cells: pd.DataFrame, axis: str, n: int = 101) -
     for (task, profile), (grid, kind, per_method) in _cell_curves(trials, cells, axis, n).items():
         for method, regs in sorted(per_method.items()):
             q25, med, q75 = _band(regs)
+            if np.isnan(med).all():  # no completed trial in any seed
+                continue
             rows.append(pd.DataFrame({"task": task, "profile": profile, "method": method, "axis": axis, "kind": kind,
                                       "x": grid, "median": med, "q25": q25, "q75": q75, "n_seeds": len(regs)}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -220,6 +222,8 @@ def pooled(trials: pd.DataFrame, cells: pd.DataFrame, n: int = 101) -> pd.DataFr
         if len(tasks[profile]) < 2:
             continue
         q25, med, q75 = _band(regs)
+        if np.isnan(med).all():
+            continue
         rows.append(pd.DataFrame({"task": ALL_TASKS, "profile": profile, "method": method, "axis": "fraction",
                                   "kind": "normalised", "x": grid, "median": med, "q25": q25, "q75": q75,
                                   "n_seeds": len(regs)}))
