@@ -166,32 +166,90 @@ def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
 @click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
               help="Folder to write the tables and plots into (and of the default storage).")
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/diffhpo.sqlite3).")
-@click.option("--no-plots", is_flag=True, help="Tables only.")
-def report(out, storage, no_plots):
-    """Write summary.csv, summary.md, cells.csv, trials.csv and plots/*.png from a storage."""
+@click.option("--no-plots", is_flag=True, help="Tables only (report.html then has no pictures).")
+@click.option("--html/--no-html", default=True, show_default=True,
+              help="Write report.html, the whole report in one self-contained file.")
+@click.option("--merge", is_flag=True,
+              help="One report from the cells of several storages, given as SOURCES (folders holding "
+                   "diffhpo.sqlite3, SQLite or journal files, or URLs); nothing is written into them.")
+@click.argument("sources", nargs=-1)
+def report(out, storage, no_plots, html, merge, sources):
+    """Write the tables, the comparison of methods, plots, an export and report.html.
+
+    From one storage (--storage, default OUT/diffhpo.sqlite3), or with --merge from several:
+    `diffhpo report --merge A B ... --out DIR`. Files: summary.csv/.md, cells.csv,
+    trials.csv, regret.csv, ranks.csv, pairs.csv, comparison.md, results_long.csv
+    (.parquet with pyarrow), plots/*.png and report.html (see the README, "Output files").
+    """
     _quiet_libraries()
-    _report(out, storage, plots=not no_plots)
+    if sources and not merge:
+        raise DiffhpoError(f"unexpected argument {sources[0]!r}: storages to combine need --merge (--merge A B ...)")
+    if merge and not sources:
+        raise DiffhpoError("--merge needs the storages to combine: --merge A B ...")
+    if merge and storage is not None:
+        raise DiffhpoError("--merge and --storage exclude each other: list every storage after --merge")
+    _report(out, storage, plots=not no_plots, html=html, merge=list(sources) if merge else None)
 
 
-def _report(out: Path, storage: str | None, plots: bool = True) -> None:
+def _report(out: Path, storage: str | None, plots: bool = True, html: bool = True,
+            merge: list[str] | None = None) -> None:
+    """Write the report into ``out``: from ``storage`` (default ``OUT/diffhpo.sqlite3``), or
+    from the storages in ``merge``. ``run`` calls it with the defaults (report.html too)."""
     from .bench import storage as st
-    from .bench.report import write_report
+    from .bench.report import write_frames, write_report
 
-    if storage is None:
-        db = Path(out) / st.DEFAULT_DB
-        if not db.exists():
-            raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
-        storage = st.default_url(Path(out))
-    with st.storage_errors(storage), st.opened(storage, existing=True) as opened:
-        if not st.cell_studies(opened):
-            raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written "
-                               f"(files in {str(out)!r} left as they are)")
-        written = write_report(opened, st.ensure_writable(Path(out)), plots=plots)
+    if merge:
+        from .bench.merge import collect_sources
+
+        trials, cells = collect_sources(merge)
+        written = write_frames(trials, cells, st.ensure_writable(Path(out)), plots=plots, html=html,
+                               command=_command())
+    else:
+        if storage is None:
+            db = Path(out) / st.DEFAULT_DB
+            if not db.exists():
+                raise DiffhpoError(f"no results in {str(out)!r} (no {st.DEFAULT_DB}); run `diffhpo run` first or pass --storage")
+            storage = st.default_url(Path(out))
+        with st.storage_errors(storage), st.opened(storage, existing=True) as opened:
+            if not st.cell_studies(opened):
+                raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written "
+                                   f"(files in {str(out)!r} left as they are)")
+            written = write_report(opened, st.ensure_writable(Path(out)), plots=plots, html=html,
+                                   command=_command(), source=storage)
     for path in written.values():
         click.echo(f"wrote {path}", err=True)
-    md = written.get("summary_md")
-    if md is not None:
-        click.echo(md.read_text())
+    for key in ("summary_md", "comparison_md"):
+        if written.get(key) is not None:
+            click.echo(written[key].read_text())
+
+
+def _command() -> str | None:
+    """The current command (``diffhpo run ...`` or ``diffhpo report ...``) with the options
+    given, rebuilt from click's context (the same when called in-process); None outside one."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    parts = ["diffhpo", ctx.info_name]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source == click.core.ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value]
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                parts.append(flag)
+            elif param.secondary_opts:
+                parts.append(max(param.secondary_opts, key=len))
+        else:
+            for v in value if getattr(param, "multiple", False) else [value]:
+                parts += [flag, str(v)]
+    return shlex.join(parts)
 
 
 @cli.command(name="list")

@@ -125,3 +125,57 @@ def _log_axis(values: pd.Series) -> bool:
 
 def _direction(cells: pd.DataFrame) -> str:
     return str(cells["direction"].iloc[0]) if "direction" in cells else "minimize"
+
+
+def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """Median regret over seeds with its 25-75% band, one colour per method: against the
+    fraction of the budget spent and, where ``curves`` has it, against search wall time
+    (:func:`diffhpo.bench.analysis.regret.curves` of one task and profile, or
+    :func:`~diffhpo.bench.analysis.regret.pooled`). A run enters the median at its first
+    completed trial, so a pooled curve can rise where a task's runs join it."""
+    panels = [(a, label) for a, label in [("fraction", "fraction of the budget spent"),
+                                          ("elapsed_s", "search wall time (s)")] if (curves.axis == a).any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    kind = curves.kind.iloc[0]
+    ylabel = "normalised regret (0 = best, 1 = default)" if kind == "normalised" else "regret"
+    for ax, (axis, xlabel) in zip(axes.flat, panels):
+        c = curves[curves.axis == axis]
+        for i, (method, m) in enumerate(c.groupby("method", sort=True)):
+            ax.plot(m.x, m["median"], color=f"C{i}", label=f"{method} ({m.n_seeds.iloc[0]} runs)")
+            ax.fill_between(m.x, m.q25, m.q75, color=f"C{i}", alpha=0.2, linewidth=0)
+        vals = c[["median", "q25", "q75"]].to_numpy(float)
+        vals = vals[np.isfinite(vals)]
+        if len(vals) and (vals > 0).all():
+            ax.set_yscale("log")
+        else:  # zero or negative regret (the best value reached, or beaten by a lucky search value)
+            pos = np.abs(vals[vals != 0])
+            ax.set_yscale("symlog", linthresh=float(max(pos.min(), 1e-12)) if len(pos) else 1e-3)
+        if axis == "elapsed_s":
+            ax.set_xscale("log")
+        if kind == "normalised":
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{title}\nmedian, band = 25-75%", fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str, path: Path) -> Path:
+    """Critical-difference diagram (scikit-posthocs): mean ranks on the axis, methods not
+    significantly different (post-hoc p >= 0.05) joined by a bar. The critical difference
+    itself belongs in ``title`` (scikit-posthocs draws its bar over the tick labels)."""
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(mean_ranks)))
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(mean_ranks.index))}  # as in the other plots
+    sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, color_palette=colours)
+    ax.set_title(title, fontsize="medium", pad=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,4 +1,7 @@
-"""Tables from a storage: ``trials.csv``, ``cells.csv``, ``summary.csv`` and ``summary.md``.
+"""The report from a storage: ``trials.csv``, ``cells.csv``, ``summary.csv`` and ``summary.md``
+here; the comparison of methods (:mod:`.comparison`: regret, ranks, tests), the tidy export
+(:mod:`.export`), the plots (:mod:`.plots` and each task's own) and ``report.html``
+(:mod:`.html`, :mod:`.report_page`) through :func:`write_frames`.
 
 * ``trials.csv``: one row per trial of every cell (parameters, value, state, cost, wall and
   CPU seconds, sampler seconds, peak memory, every metric, failure reason).
@@ -38,17 +41,21 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         key = {k: a.get(k) for k in KEYS}
         study_id = storage.get_study_id_from_name(summary.study_name)
         trials = storage.get_all_trials(study_id, deepcopy=False)
-        elapsed = 0.0
+        elapsed = spent = 0.0
+        budget = float(a.get("budget") or np.nan)
         for t in sorted(trials, key=lambda t: t.number):
             u = t.user_attrs
             elapsed += float(u.get("ask_s", 0.0)) + float(u.get("wall_s", 0.0))
+            counted = counts(t)
+            spent += float(u.get("cost", 1.0)) if counted else 0.0
             row = dict(key)
             row.update(
                 number=t.number, state=t.state.name, value=t.value, worker=u.get("worker", ""),
-                oracle="hypergrad" in u, cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
+                oracle="hypergrad" in u, counted=counted, budget_fraction=spent / budget,
+                cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
-                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""), counted=counts(t),
+                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
                 retry_of=t.system_attrs.get(RETRY_OF, ""),
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
@@ -59,6 +66,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         fm = a.get("final_measure", {})
         row.update(
             status=a.get("status", "searching"), budget=a.get("budget"), primary=a.get("primary"),
+            optimum=_float_or_nan(a.get("optimum")),
             direction=a.get("metric_directions", {}).get(a.get("primary"), "minimize"),
             n_trials=len(done),
             n_failed=sum(t.state == optuna.trial.TrialState.FAIL and counts(t) for t in trials),
@@ -80,6 +88,10 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         cells_df["cost_ratio"] = cells_df["search_wall_s"] / cells_df["solve_wall_s"]
         cells_df = cells_df.sort_values(KEYS).reset_index(drop=True)
     return trials_df, cells_df
+
+
+def _float_or_nan(x) -> float:
+    return np.nan if x is None else float(x)
 
 
 def _reference_solve_seconds(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
@@ -123,31 +135,43 @@ def markdown(summary: pd.DataFrame, cells: pd.DataFrame) -> str:
     """Readable summary: per task, metrics as 'median [min, max]' over seeds."""
     out = ["# diffhpo summary", ""]
     for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
-        primary = cells[(cells.task == task)].primary.dropna()
         out.append(f"## {task} ({profile} profile)")
-        if len(primary):
-            out.append(f"Upper-level objective: `{primary.iloc[0]}`. Metrics are final-protocol values, "
-                       "median [min, max] over seeds.")
+        text = objective_text(cells, task)
+        if text:
+            out.append(text)
         out.append("")
-        table = pd.DataFrame({"method": g.method, "seeds": g.n_seeds})
-        metrics = [c[:-7] for c in g.columns if c.endswith("_median") and not c.startswith("cost_ratio")]
-        for m in metrics:
-            if g[f"{m}_median"].notna().any():
-                table[m] = [_fmt_range(a, b, c) for a, b, c in zip(g[f"{m}_median"], g[f"{m}_min"], g[f"{m}_max"])]
-        table["trials/seed"] = g.trials_per_seed.map(lambda x: f"{x:g}")
-        table["search wall s (total)"] = g.search_wall_s_total.map(lambda x: f"{x:.2f}")
-        table["cost ratio"] = g.cost_ratio_median.map(lambda x: f"{x:.3g}")
-        table["peak RSS MiB"] = g.peak_rss_mib.map(lambda x: f"{x:.0f}")
-        if g.peak_gpu_mib.notna().any():
-            table["peak GPU MiB"] = g.peak_gpu_mib.map(lambda x: "" if pd.isna(x) else f"{x:.0f}")
-        chosen = [c for c in g.columns if c.startswith("chosen_")]
-        if chosen:
-            table["chosen (median)"] = [
-                ", ".join(f"{c[7:]}={row[c]:.3g}" for c in chosen if pd.notna(row[c])) for _, row in g.iterrows()
-            ]
-        out.append(table.to_markdown(index=False))
+        out.append(summary_table(g).to_markdown(index=False))
         out.append("")
     return "\n".join(out)
+
+
+def objective_text(cells: pd.DataFrame, task: str) -> str:
+    primary = cells[(cells.task == task)].primary.dropna()
+    if not len(primary):
+        return ""
+    return (f"Upper-level objective: `{primary.iloc[0]}`. Metrics are final-protocol values, "
+            "median [min, max] over seeds.")
+
+
+def summary_table(g: pd.DataFrame) -> pd.DataFrame:
+    """The readable table of one task and profile's rows of the summary."""
+    table = pd.DataFrame({"method": g.method, "seeds": g.n_seeds})
+    metrics = [c[:-7] for c in g.columns if c.endswith("_median") and not c.startswith("cost_ratio")]
+    for m in metrics:
+        if g[f"{m}_median"].notna().any():
+            table[m] = [_fmt_range(a, b, c) for a, b, c in zip(g[f"{m}_median"], g[f"{m}_min"], g[f"{m}_max"])]
+    table["trials/seed"] = g.trials_per_seed.map(lambda x: f"{x:g}")
+    table["search wall s (total)"] = g.search_wall_s_total.map(lambda x: f"{x:.2f}")
+    table["cost ratio"] = g.cost_ratio_median.map(lambda x: f"{x:.3g}")
+    table["peak RSS MiB"] = g.peak_rss_mib.map(lambda x: f"{x:.0f}")
+    if g.peak_gpu_mib.notna().any():
+        table["peak GPU MiB"] = g.peak_gpu_mib.map(lambda x: "" if pd.isna(x) else f"{x:.0f}")
+    chosen = [c for c in g.columns if c.startswith("chosen_")]
+    if chosen:
+        table["chosen (median)"] = [
+            ", ".join(f"{c[7:]}={row[c]:.3g}" for c in chosen if pd.notna(row[c])) for _, row in g.iterrows()
+        ]
+    return table
 
 
 def _fmt_range(med: float, lo: float, hi: float) -> str:
@@ -158,13 +182,29 @@ def _fmt_range(med: float, lo: float, hi: float) -> str:
     return f"{med:.4g} [{lo:.4g}, {hi:.4g}]"
 
 
-def write_report(storage: BaseStorage, out: Path, *, plots: bool = True) -> dict[str, Path]:
-    """Write the tables (and plots) for every cell in the storage into ``out``."""
+def write_report(storage: BaseStorage, out: Path, *, plots: bool = True, html: bool = True,
+                 command: str | None = None, source: str = "") -> dict[str, Path]:
+    """Write the tables, the comparison, the export, the plots and ``report.html`` for
+    every cell in the storage into ``out``."""
+    trials, cells = collect(storage)
+    return write_frames(trials, cells, out, plots=plots, html=html, command=command, source=source)
+
+
+def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots: bool = True, html: bool = True,
+                 command: str | None = None, source: str = "") -> dict[str, Path]:
+    """:func:`write_report` on frames of :func:`collect` (several storages: see
+    :mod:`diffhpo.bench.merge`). ``source`` labels the rows of the export where the frames
+    have no ``source`` column."""
+    from . import comparison, export
+    from .provenance import provenance, redact
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    trials, cells = collect(storage)
+    if "source" in cells:  # storage URLs: without passwords
+        cells = cells.assign(source=cells.source.map(redact))
+        trials = trials.assign(source=trials.source.map(redact)) if "source" in trials else trials
     written = {}
-    trials.to_csv(out / "trials.csv", index=False)
+    trials.to_csv(out / "trials.csv", index=False)  # merged storages: with a source column
     cells.to_csv(out / "cells.csv", index=False)
     written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
     if cells.empty:
@@ -173,15 +213,57 @@ def write_report(storage: BaseStorage, out: Path, *, plots: bool = True) -> dict
     summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(markdown(summary, cells))
     written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
+    comp = comparison.compare(trials, cells)
+    written.update(comparison.write_tables(comp, out))
+    info = provenance(command)
+    if "source" not in cells:
+        cells, trials = cells.assign(source=redact(source)), trials.assign(source=redact(source))
+    for i, path in enumerate(export.write(export.long_table(trials, cells, info), out)):
+        written[f"export_{i}"] = path
+    pictures: dict[str, list[Path]] = {}
     if plots:
-        from .registry import TASKS
-        from .plots import write_plots
+        pictures = write_pictures(trials, cells, comp, out / "plots")
+        for paths in pictures.values():
+            written.update({p.stem: p for p in paths})
+    if html:
+        from . import html as html_mod
+        from .report_page import sections
 
-        for path in write_plots(trials, cells, out / "plots"):
-            written[path.stem] = path
-        for task in sorted(cells.task.unique()):
-            if task in TASKS:
-                sel = trials[trials.task == task] if not trials.empty else trials
-                for path in TASKS.get(task).write_plots(cells[cells.task == task], sel, out / "plots"):
-                    written[path.stem] = path
+        written["html"] = html_mod.write(out / "report.html", "diffhpo report",
+                                         sections(summary, cells, comp, pictures, info, written))
     return written
+
+
+def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path) -> dict[str, list[Path]]:
+    """Every PNG of the report, keyed by ``task/profile``, by ``task`` (the task's own
+    pictures) and by ``profile`` (the across-task diagram)."""
+    from . import comparison
+    from . import plots as pl
+    from .registry import TASKS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures: dict[str, list[Path]] = {}
+    for path in pl.write_plots(trials, cells, folder):
+        task, profile = path.stem.rsplit("_", 2)[:2]
+        pictures.setdefault(f"{task}/{profile}", []).append(path)
+    for (task, profile), c in comp.curves.groupby(["task", "profile"], sort=True) if len(comp.curves) else []:
+        if task == comparison.ALL_TASKS:
+            path = pl.regret_curves(c, f"all tasks ({profile}): normalised regret of every (task, seed) run",
+                                    folder / f"{profile}_regret.png")
+            pictures.setdefault(profile, []).append(path)
+        else:
+            path = pl.regret_curves(c, f"{task} ({profile}): {c.kind.iloc[0]} regret over seeds",
+                                    folder / f"{task}_{profile}_regret.png")
+            pictures.setdefault(f"{task}/{profile}", []).append(path)
+    for f in comp.friedman:
+        if f.tested:
+            title = (f"profile {f.profile}: {len(f.methods)} methods, {f.n_blocks} (task, seed) blocks, "
+                     f"Friedman p = {f.p_value:.3g}; Nemenyi critical difference {f.cd:.3g}")
+            path = pl.critical_difference(f.mean_ranks["rank final"], f.nemenyi, title,
+                                          folder / f"{f.profile}_critical_difference.png")
+            pictures.setdefault(f.profile, []).append(path)
+    for task in sorted(cells.task.unique()):
+        if task in TASKS:  # the task's own pictures (sample grids, schedules, ...), every profile
+            sel = trials[trials.task == task] if not trials.empty else trials
+            pictures.setdefault(task, []).extend(TASKS.get(task).write_plots(cells[cells.task == task], sel, folder))
+    return pictures

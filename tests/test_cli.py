@@ -55,7 +55,7 @@ def test_run_all_methods_smoke_writes_tables_and_plots(capsys, tmp_path):
                    "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
     for f in ["summary.csv", "summary.md", "cells.csv", "trials.csv"]:
         assert (tmp_path / f).exists()
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 3  # convergence, trials, regret (2 seeds: no CD diagram)
     assert "| bilevel" in res.out and "| botorch" in res.out
     again = call_ok(["run", "--task", "quadratic", "--method", "all", "--profile", "smoke",
                      "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)

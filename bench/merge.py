@@ -1,0 +1,89 @@
+"""``diffhpo report --merge A B ...``: one report from the cells of several storages.
+
+Each source is a storage URL (``sqlite:///FILE``, ``journal:///FILE``, ``postgresql://...``),
+a results folder holding ``diffhpo.sqlite3``, a SQLite file, or a journal file
+(``*.log``). Nothing is written into the sources: their cells are read, each labelled
+with its source, and concatenated. A cell (task, profile, method, seed) found in two
+sources is an error (merge results of different seeds or tasks, not copies); so is a
+source that is missing, unreadable, or holds no diffhpo cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import storage as st
+from .errors import DiffhpoError
+
+KEYS = ["task", "profile", "method", "seed"]
+
+
+def resolve(source: str) -> str:
+    """The storage URL of a source (a URL is checked when it is opened)."""
+    if "://" in source:
+        return source
+    path = Path(source)
+    if path.is_dir():
+        db = path / st.DEFAULT_DB
+        if not db.is_file():
+            raise DiffhpoError(f"merge input {source!r}: a folder without {st.DEFAULT_DB}")
+        return st.default_url(path)
+    if not path.is_file():
+        raise DiffhpoError(f"merge input {source!r}: no such file or folder")
+    if path.suffix in (".log", ".journal", ".jsonl"):
+        return f"journal:///{path.resolve()}"
+    with open(path, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise DiffhpoError(f"merge input {source!r}: neither a SQLite database nor a journal file (*.log)")
+    return f"sqlite:///{path.resolve()}"
+
+
+def _check_sqlite(source: str, url: str) -> None:
+    """A SQLite source must already be an Optuna storage: opening another database would
+    create Optuna's tables in it."""
+    import sqlite3
+
+    path = Path(url[len("sqlite:///"):]).resolve()
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            found = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise DiffhpoError(f"merge input {source!r} is unreadable: {exc}") from None
+    if not found:
+        raise DiffhpoError(f"merge input {source!r} is a SQLite database but not an Optuna storage")
+
+
+def collect_sources(sources: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, cells) of every cell of every source, with a ``source`` column."""
+    from .report import collect
+
+    trials, cells = [], []
+    for source in sources:
+        url = resolve(source)
+        if url.startswith("sqlite:///"):
+            _check_sqlite(source, url)
+        try:
+            with st.opened(url, existing=True) as storage:
+                t, c = collect(storage)
+        except DiffhpoError as exc:
+            raise DiffhpoError(f"merge input {source!r}: {exc}") from None
+        except Exception as exc:  # corrupt files: sqlalchemy, sqlite3 or journal errors
+            raise DiffhpoError(f"merge input {source!r} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if c.empty:
+            raise DiffhpoError(f"merge input {source!r} holds no diffhpo cell")
+        trials.append(t.assign(source=source))
+        cells.append(c.assign(source=source))
+    merged = pd.concat(cells, ignore_index=True)
+    dup = merged[merged.duplicated(KEYS, keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        where = " and ".join(repr(s) for s in dup[(dup[KEYS] == first[KEYS]).all(axis=1)].source)
+        raise DiffhpoError(f"cell {st.study_name(first.task, first.method, first.profile, first.seed)} is in both "
+                           f"{where}: merge storages of different cells (e.g. other seeds), not copies")
+    trials = pd.concat([t for t in trials if not t.empty], ignore_index=True) if any(len(t) for t in trials) else trials[0]
+    return trials, merged.sort_values(KEYS).reset_index(drop=True)
