@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..methods.base import Method, MethodContext
 from . import workers
+from .fidelity import progress_reporter
 from .measure import measure
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
@@ -213,9 +214,6 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
         raise
 
 
-FIDELITY_STEPS = 1000  # intermediate values are reported at step = round(fraction x 1000)
-
-
 class _CountedTrialsView:
     """A storage as a pruner should see it: without the trials cut off by an interruption or
     released unevaluated. Their retry reports the same intermediate values again, and
@@ -244,24 +242,6 @@ class CountedTrialsPruner(optuna.pruners.BasePruner):
         view = optuna.Study(study.study_name, _CountedTrialsView(study._storage), sampler=study.sampler,
                             pruner=self.inner)
         return self.inner.prune(view, trial)
-
-
-def progress_reporter(trial: optuna.Trial) -> tuple[Any, dict]:
-    """``report(fraction, value)`` for a task with a fidelity: stores the upper metric at
-    that fraction of the lower-level solve as an Optuna intermediate value, and raises
-    ``optuna.TrialPruned`` when the study's pruner stops the trial there; and the record
-    of the fraction reached (the cost of a pruned trial, in the task's cost unit)."""
-    progress = {"fraction": 0.0}
-
-    def report(fraction: float, value: float) -> None:
-        fraction = float(fraction)
-        progress["fraction"] = fraction
-        if math.isfinite(float(value)):
-            trial.report(float(value), int(round(fraction * FIDELITY_STEPS)))
-        if fraction < 1.0 and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at {fraction:.3g} of the lower-level solve")
-
-    return report, progress
 
 
 def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:

@@ -2,14 +2,14 @@
 
 Tasks with a fidelity report the upper metric at fractions of the lower-level solve
 (:attr:`diffhpo.tasks.base.Task.fidelity`); the runner stores them as Optuna intermediate
-values at step ``round(fraction x 1000)`` (:data:`diffhpo.bench.search.FIDELITY_STEPS`), so
+values at step ``round(fraction x 1000)`` (:data:`diffhpo.bench.fidelity.FIDELITY_STEPS`), so
 a whole solve is 1,000 resource units and the first rung of successive halving and
 Hyperband is the task's first checkpoint.
 """
 
 from __future__ import annotations
 
-from ..bench.search import FIDELITY_STEPS
+from ..bench.fidelity import FIDELITY_STEPS
 from .base import MethodContext
 
 

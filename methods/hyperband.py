@@ -10,7 +10,7 @@ Example (on a task with a fidelity)::
 
 import optuna
 
-from ..bench.search import FIDELITY_STEPS
+from ..bench.fidelity import FIDELITY_STEPS
 from .base import Method, MethodContext, best_params
 from .fidelity import min_resource
 from .tpe import make_sampler  # the same proposals as `tpe`

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from diffhpo.bench import storage as st
 from diffhpo.bench.registry import TASKS
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.bench.search import FIDELITY_STEPS
+from diffhpo.bench.fidelity import FIDELITY_STEPS
 from diffhpo.tasks.base import Metric, Task
 
 CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)
