@@ -165,6 +165,27 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
+def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """One panel per method: each trial's intermediate values against the fraction of the
+    lower-level solve; trials a pruner stopped are faded, completed ones drawn solid."""
+    methods = sorted(curves.method.unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for (_, _, number), c in curves[curves.method == method].groupby(["seed", "profile", "number"]):
+            pruned = c.state.iloc[0] == "PRUNED"
+            ax.plot(c.fraction, c.value, marker=".", lw=0.8, color="0.6" if pruned else "C0",
+                    alpha=0.35 if pruned else 0.9)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("fraction of the lower-level solve")
+        ax.set_xlim(0, 1)
+    axes[0][0].set_ylabel("upper metric")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str, path: Path) -> Path:
     """Critical-difference diagram (scikit-posthocs): mean ranks on the axis, methods not
     significantly different (post-hoc p >= 0.05) joined by a bar. The critical difference

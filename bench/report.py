@@ -19,6 +19,7 @@ black-box trials, the median wall time of the final-protocol evaluations.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 
 from . import storage as st
+from .fidelity import FIDELITY_STEPS
 from .search import counts
 from .workers import RETRY_OF
 
@@ -57,6 +59,8 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
                 elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
                 retry_of=t.system_attrs.get(RETRY_OF, ""),
+                intermediate=json.dumps({int(k): v for k, v in sorted(t.intermediate_values.items())})
+                if t.intermediate_values else "",
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
             row.update({k: v for k, v in u.items() if k.startswith("metric_")})
@@ -80,6 +84,8 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         row.update({f"param_{k}": v for k, v in a.get("final_params", {}).items()})
         row.update({f"final_{k}": v for k, v in a.get("final_metrics", {}).items()})
+        row["final_repeats"] = len(a.get("final_seeds", [])) or (1 if a.get("final_metrics") else 0)
+        row.update({f"repeat_std_{k}": v for k, v in a.get("final_metrics_std", {}).items()})
         cell_rows.append(row)
     trials_df = pd.DataFrame(trial_rows)
     cells_df = pd.DataFrame(cell_rows)
@@ -182,6 +188,19 @@ def _fmt_range(med: float, lo: float, hi: float) -> str:
     return f"{med:.4g} [{lo:.4g}, {hi:.4g}]"
 
 
+def learning_curves(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every intermediate value (tasks with a fidelity), one row each: the cell, the trial,
+    its state, the fraction of the lower-level solve and the upper metric there."""
+    if trials.empty or "intermediate" not in trials:
+        return pd.DataFrame()
+    rows = []
+    for _, t in trials[trials.intermediate.fillna("").astype(str) != ""].iterrows():
+        for step, value in json.loads(t.intermediate).items():
+            rows.append({**{k: t[k] for k in [*KEYS, "number", "state"]},
+                         "fraction": int(step) / FIDELITY_STEPS, "value": value})
+    return pd.DataFrame(rows)
+
+
 def write_report(storage: BaseStorage, out: Path, *, plots: bool = True, html: bool = True,
                  command: str | None = None, source: str = "") -> dict[str, Path]:
     """Write the tables, the comparison, the export, the plots and ``report.html`` for
@@ -207,6 +226,10 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     trials.to_csv(out / "trials.csv", index=False)  # merged storages: with a source column
     cells.to_csv(out / "cells.csv", index=False)
     written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
+    lc = learning_curves(trials)
+    if not lc.empty:
+        lc.to_csv(out / "curves.csv", index=False)
+        written["curves"] = out / "curves.csv"
     if cells.empty:
         return written
     summary = summarise(cells)
@@ -245,6 +268,11 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
     pictures: dict[str, list[Path]] = {}
     for path in pl.write_plots(trials, cells, folder):
         task, profile = path.stem.rsplit("_", 2)[:2]
+        pictures.setdefault(f"{task}/{profile}", []).append(path)
+    lc = learning_curves(trials)
+    for (task, profile), c in lc.groupby(["task", "profile"], sort=True) if len(lc) else []:
+        path = pl.learning_curves(c, f"{task} ({profile}): upper metric during the lower-level solve, "
+                                     "pruned trials faded", folder / f"{task}_{profile}_curves.png")
         pictures.setdefault(f"{task}/{profile}", []).append(path)
     for (task, profile), c in comp.curves.groupby(["task", "profile"], sort=True) if len(comp.curves) else []:
         if task == comparison.ALL_TASKS:

@@ -168,3 +168,15 @@ def test_an_external_pruning_method_through_the_entry_point(tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     pruned = trials[trials.state == "PRUNED"]
     assert len(pruned) > 0 and (pruned.cost < 1).all()  # points far from 0.3 exceed the threshold early
+
+
+def test_learning_curves_are_exported_and_drawn(curves, tmp_path):
+    from diffhpo.bench.report import write_report
+
+    run_matrix(_spec(tmp_path, ["sha"]), log=lambda s: None)
+    written = write_report(st.open_storage(st.default_url(tmp_path)), tmp_path, html=False)
+    lc = pd.read_csv(written["curves"])
+    trials = _trials(tmp_path, "sha")
+    assert len(lc) == sum(len(t.intermediate_values) for t in trials)  # every intermediate value
+    assert set(lc.state) == {"COMPLETE", "PRUNED"} and set(lc.fraction) <= {0.25, 0.5, 0.75}
+    assert written["curves_smoke_curves"].exists()
