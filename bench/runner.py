@@ -57,7 +57,7 @@ Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the reg
 class RunSpec:
     tasks: list[str]
     methods: list[str]
-    seeds: list[int]
+    seeds: list[int] | None  # None: each task's default_seeds, from seed_start
     profile: str = "quick"
     out: Path = Path("results")
     storage: str | None = None
@@ -69,6 +69,14 @@ class RunSpec:
     workers: int = 1
     heartbeat: float | None = None
     create_only: bool = False
+    seed_start: int = 0
+
+    def seeds_for(self, task: Task) -> list[int]:
+        """The seeds of ``task``'s cells: the given ones, or the task's ``default_seeds``
+        (the known-answer tasks afford 10, the MNIST tasks 1) from ``seed_start``."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return list(range(self.seed_start, self.seed_start + int(getattr(task, "default_seeds", 1))))
 
 
 @dataclass
@@ -91,7 +99,7 @@ def build_tasks(spec: RunSpec) -> dict[str, Task]:
 
 def check_spec(spec: RunSpec) -> dict[str, Method]:
     """Every value of the run checked before anything runs; the methods by name."""
-    check_seeds(spec.seeds)
+    check_seeds(spec.seeds if spec.seeds is not None else [spec.seed_start, spec.seed_start + 9])
     for what, value in (("--budget", spec.budget), ("--time-budget", spec.time_budget),
                         ("--heartbeat", spec.heartbeat)):
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -126,11 +134,13 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
         cells = []  # every cell prepared (and its stored settings checked) before any runs
         for task_name, task in tasks.items():
-            for seed in spec.seeds:
+            seeds = spec.seeds_for(task)
+            check_seeds(seeds)
+            for seed in seeds:
                 for method_name, method in methods.items():
                     why = skip_reason(task, method)
                     if why:
-                        if seed == spec.seeds[0]:
+                        if seed == seeds[0]:
                             log(f"{task_name}.{method_name}: skipped ({why})")
                         continue
                     cells.append(prepare_cell(
@@ -138,8 +148,9 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
                         time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
                         workdir=spec.out / "work",
                     ))
-        log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s) x "
-            f"{len(spec.seeds)} seed(s)), profile {spec.profile}, storage {url}")
+        per_task = ", ".join(f"{name} {len(spec.seeds_for(t))}" for name, t in tasks.items())
+        log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s); seeds: {per_task}), "
+            f"profile {spec.profile}, storage {url}")
         for cell in cells:
             if spec.create_only:
                 log(f"{cell.study.study_name}: created in {url}")

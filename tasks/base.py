@@ -90,6 +90,9 @@ class Task(abc.ABC):
     # raises ``optuna.TrialPruned`` when the method's pruner stops the trial, which then
     # costs the fraction it ran. Pruning methods skip tasks without a fidelity.
     fidelity: ClassVar[bool] = False
+    # Seeds of the default matrix (``diffhpo run`` without --seeds): cheap tasks with a known
+    # answer afford enough seeds to separate methods from noise; the MNIST tasks one.
+    default_seeds: ClassVar[int] = 1
     profiles: ClassVar[Mapping[str, Any]]
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:

@@ -67,6 +67,7 @@ class QuadraticTask(Task):
     name = "quadratic"
     description = "group ridge regression with closed-form optimum (analytic check of every method)"
     cost_unit = "lower-level solves (ridge fits)"
+    default_seeds = 10
     profiles = {
         "smoke": QuadraticConfig(n_groups=3, budget=12.0),
         # quick: 30 solves keeps the whole 5-method, 3-seed matrix under 2 minutes on 2 cores
