@@ -9,6 +9,7 @@ from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask
+from .gmm import GmmRewardTask
 
 TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
 
@@ -22,5 +23,6 @@ register_task(QuadraticTask)
 register_task(RewardMnistTask)
 register_task(RewardSdTask)
 register_task(MnistScheduleTask)
+register_task(GmmRewardTask)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]
