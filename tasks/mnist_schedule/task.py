@@ -157,6 +157,9 @@ class MnistScheduleTask(Task):
     cost_unit = "full trainings"
     offline = True
     profiles = {"smoke": SMOKE, "quick": QUICK, "paper": PAPER}
+    #: cost of the FID feature extraction per image, in UNet-forward equivalents (measured,
+    #: quick network): the single loop's cost accounting (:mod:`..single_loop`)
+    metric_work = 0.5
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
@@ -175,6 +178,7 @@ class MnistScheduleTask(Task):
             raise DiffhpoError(f"task {self.name!r}: sample_steps >= 1 and sample counts >= 2 are required")
         self._data: torch.Tensor | None = None
         self._oracle = None
+        self._surrogate = None
 
     # -- declarations -------------------------------------------------------------------
     @property
@@ -311,10 +315,31 @@ class MnistScheduleTask(Task):
     def new_stream(self, seed: int) -> tr.BatchStream:
         return tr.BatchStream(self.train_data(), int(self.config.batch_size), seed, S.T_DEFAULT)
 
+    # -- the single loop's problem (:mod:`..single_loop`) -------------------------------------
+    def build_net(self, seed: int) -> torch.nn.Module:
+        return tr.build_unet(self.unet_spec, seed)
+
+    def draw_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` training images drawn with replacement."""
+        data = self.train_data()
+        return data[torch.randint(0, len(data), (int(n),), generator=generator)]
+
+    def upper_metrics(self, net, sched: S.Schedule, n: int, noise_seed: int, seed: int) -> dict[str, float]:
+        """FID, KID and IS of ``n`` samples of ``net`` from the noise ``noise_seed``."""
+        return self.fidelity(self.generate(net, sched, n, noise_seed), seed)
+
+    def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
+        """FID's differentiable surrogate (:class:`.bilevel.FeatureSurrogate`)."""
+        if self._surrogate is None:
+            from .bilevel import FeatureSurrogate
+
+            self._surrogate = FeatureSurrogate(self)
+        return self._surrogate(net, sched, seed, k)
+
     def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
         """One full training under ``sched`` from the initialisation of ``seed``: the
         network to sample (the EMA copy when enabled) and the mean loss of the last steps."""
-        model = tr.build_unet(self.unet_spec, seed)
+        model = self.build_net(seed)
         spec = self.full_training_spec
         ema = tr.EMA(model, spec.ema_decay) if spec.ema_decay > 0 else None
         losses = tr.train(model, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps),
@@ -359,7 +384,7 @@ class MnistScheduleTask(Task):
 
     def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
         """One outer iteration of the single-loop bilevel method (see :mod:`.bilevel`)."""
-        from .bilevel import SingleLoop
+        from ..single_loop import SingleLoop
 
         if self._oracle is None:
             self._oracle = SingleLoop(self)
