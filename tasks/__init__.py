@@ -9,7 +9,7 @@ from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask
-from .gmm import GmmRewardTask
+from .gmm import GmmRewardTask, GmmScheduleTask
 
 TASKS: Registry[type[Task]] = Registry("task", "diffhpo.tasks")
 
@@ -24,5 +24,6 @@ register_task(RewardMnistTask)
 register_task(RewardSdTask)
 register_task(MnistScheduleTask)
 register_task(GmmRewardTask)
+register_task(GmmScheduleTask)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]

@@ -5,5 +5,6 @@ closed-form maths is :mod:`.mixture`, the sample distance :mod:`.distance`, the 
 :mod:`.plots`."""
 
 from .reward_task import GmmRewardTask
+from .schedule_task import GmmScheduleTask
 
-__all__ = ["GmmRewardTask"]
+__all__ = ["GmmRewardTask", "GmmScheduleTask"]

@@ -1,0 +1,250 @@
+"""Task ``gmm-schedule``: method.md's Application 2 (noise-schedule optimisation while
+training from scratch), cheap and low-noise, on a 2-D Gaussian mixture.
+
+* **Hyperparameters**: the four-parameter schedule ``q = (q_s, q_e, q_tau, q_eps)`` of
+  ``mnist-schedule`` (same family, ranges and code: :mod:`..mnist_schedule.schedules`).
+* **Lower level**: a small MLP epsilon-network (:mod:`.network`) trained under the schedule
+  with ``mnist-schedule``'s denoising loss and optimiser (:mod:`..mnist_schedule.training`)
+  on fresh draws of a seeded mixture (the same generator as ``gmm-reward``'s ``p_pre``).
+* **Sampling**: deterministic DDIM from our betas with few steps (``sample_steps``, 8:
+  the schedule then matters), ``mnist-schedule``'s sampler without clipping.
+* **Upper level**: ``distance``, the energy distance (:mod:`.distance`) between
+  ``search_samples`` samples and as many exact draws of the mixture; both the sampling
+  noise and the exact draws are fixed per seed (common random numbers across schedules).
+* **Reference optimum**: the best schedule of a long TPE search, stored in
+  ``schedule_reference.json`` beside this file and rebuilt by ``python
+  benchmarks/gmm_schedule_reference.py --profile quick``; ``known_optimum()`` is its
+  final-protocol distance averaged over the final seeds 1000 to 1009, and the final metric
+  ``regret = distance - known_optimum()`` (negative on a lucky seed).
+* **Bilevel**: the shared single loop (:mod:`..single_loop`). The upper metric is
+  differentiable in the samples, so y's surrogate ``f~`` is the energy distance itself, of a
+  DDIM batch of ``bl_upper_batch`` samples run with autograd.
+
+Measured (``benchmarks/gmm_schedule_landscape.py``, ``benchmarks/gmm_speed.py``; figures in
+the issue note and below): see :data:`LANDSCAPE_NOTE`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from optuna.distributions import FloatDistribution
+
+from ...bench.options import option
+from ...methods.seeding import derive_seed
+from ..base import Metric, OracleContext, OracleResult, Task
+from ..mnist_schedule import schedules as S
+from ..mnist_schedule import training as tr
+from ..mnist_schedule.sampling import ddim_chain, ddim_scheduler, initial_noise, sample
+from .distance import energy_distance
+from .mixture import Mixture, random_mixture
+from .network import MixtureStream, build_mlp
+
+SAMPLE_NOISE, REFERENCE, UPPER_NOISE = 43, 44, 45  # derive_seed purpose tags
+REFERENCE_FILE = Path(__file__).with_name("schedule_reference.json")
+LANDSCAPE_NOTE = ""
+
+
+@dataclass(frozen=True)
+class GmmScheduleConfig:
+    schedule: str = option("cosine", "schedule family", choices=S.FAMILIES)
+    data_seed: int = option(0, "seed of the mixture", ge=0)
+    n_components: int = option(8, "components of the mixture", ge=1, le=64)
+    radius: float = option(1.5, "component means lie in the disc of this radius", gt=0)
+    std_low: float = option(0.1, "smallest axis std of a component", gt=0)
+    std_high: float = option(0.35, "largest axis std of a component", gt=0)
+    width: int = option(128, "hidden width of the MLP", ge=1)
+    depth: int = option(3, "hidden layers of the MLP", ge=1)
+    train_steps: int = option(400, "optimiser steps of one full training (the cost unit)", ge=1)
+    batch_size: int = option(256, "fresh draws per training step", ge=1)
+    lr: float = option(5e-3, "Adam learning rate", gt=0)
+    warmup_steps: int = option(20, "linear learning-rate warm-up", ge=0)
+    grad_clip: float = option(1.0, "gradient-norm clip (0: none)", ge=0)
+    sample_steps: int = option(8, "DDIM steps (eta 0)", ge=1, le=1000)
+    search_samples: int = option(2000, "samples per distance during the search", ge=2)
+    final_samples: int = option(2000, "samples per distance in the final protocol", ge=2)
+    bl_warmup: float = option(0.5, "single loop: fraction of a training spent on z before q moves", ge=0, le=1)
+    bl_inner_steps: int = option(30, "single loop: optimiser steps on y and z per outer iteration", ge=1)
+    bl_zo_directions: int = option(2, "single loop: directions of the zeroth-order estimate", ge=1)
+    bl_zo_delta: float = option(0.05, "single loop: its radius (fraction of each range)", gt=0, le=0.5)
+    bl_zo_samples: int = option(500, "single loop: samples per distance of the zeroth-order estimate", ge=2)
+    bl_qgrad_batch: int = option(1024, "single loop: batch of the analytic grad_q L_SM", ge=1)
+    bl_upper_batch: int = option(256, "single loop: samples of y's differentiable DDIM batch", ge=2)
+    bl_upper_ratio: float = option(0.1, "single loop: upper part of y's step / lower part at iteration 0", gt=0)
+    budget: float = option(8.0, "full trainings per cell", gt=0)
+
+    def rules(self):
+        yield self.std_low <= self.std_high, "std_low must not exceed std_high"
+
+
+class GmmScheduleTask(Task):
+    name = "gmm-schedule"
+    description = ("noise-schedule optimisation while training a small MLP diffusion model on a 2-D Gaussian "
+                   "mixture (DDIM, energy distance to the exact mixture)")
+    cost_unit = "full trainings"
+    profiles = {
+        "smoke": GmmScheduleConfig(width=32, depth=2, train_steps=40, batch_size=64, search_samples=200,
+                                   final_samples=200, bl_inner_steps=3, bl_zo_directions=1, bl_zo_samples=100,
+                                   bl_qgrad_batch=64, bl_upper_batch=32, budget=3.0),
+        "quick": GmmScheduleConfig(),
+        "paper": GmmScheduleConfig(width=256, train_steps=5000, batch_size=512, search_samples=4000,
+                                   final_samples=4000, bl_inner_steps=200, bl_zo_directions=4, budget=15.0),
+    }
+    #: energy-distance work per sample in MLP-forward equivalents (flop count: one sample
+    #: against 2,000 references, about as many flops as one forward of the quick MLP)
+    metric_work = 1.0
+
+    def __init__(self, profile: str = "quick", **options: Any) -> None:
+        super().__init__(profile, **options)
+        self._oracle = None
+
+    # -- declarations -------------------------------------------------------------------
+    @property
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("distance", "minimize", "energy distance of the samples to exact draws of the mixture"),
+            Metric("regret", "minimize", "distance - the reference optimum's (final protocol)"),
+            Metric("alphabar_T", "minimize", "alphabar at the last step (reported, not optimised)"),
+            Metric("train_loss", "minimize", "denoising loss at the end of training (mean of the last steps)"),
+        ]
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return S.RANGES[self.config.schedule]
+
+    def search_space(self) -> dict[str, FloatDistribution]:
+        return {n: FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}
+
+    def default_params(self) -> dict[str, float]:
+        """The family's default schedule (cosine: ``(0, 1, 1, 0.008)``)."""
+        return dict(zip(S.PARAM_NAMES, S.DEFAULTS[self.config.schedule]))
+
+    def default_grid(self) -> dict[str, list]:
+        """Both ends and the middle of ``q_e`` and ``q_tau`` (9 points), the others at default."""
+        d = self.default_params()
+        grid = {n: [float(d[n])] for n in S.PARAM_NAMES}
+        for n in ("q_e", "q_tau"):
+            lo, hi = self.ranges[n]
+            grid[n] = [float(lo), float((lo + hi) / 2), float(hi)]
+        return grid
+
+    def known_optimum(self) -> float | None:
+        ref = reference(self.profile)
+        return None if ref is None or self.config != self.profiles[self.profile] else float(ref["value"])
+
+    # -- pieces --------------------------------------------------------------------------
+    @functools.cached_property
+    def mixture(self) -> Mixture:
+        c = self.config
+        return random_mixture(c.data_seed, c.n_components, c.radius, c.std_low, c.std_high)
+
+    def q_tensor(self, params: Mapping[str, Any]) -> torch.Tensor:
+        return S.as_q({n: float(params[n]) for n in S.PARAM_NAMES})
+
+    def schedule_of(self, params_or_q) -> S.Schedule:
+        q = params_or_q if torch.is_tensor(params_or_q) else self.q_tensor(params_or_q)
+        return S.check_valid(S.schedule(self.config.schedule, q))
+
+    @property
+    def train_steps(self) -> int:
+        return int(self.config.train_steps)
+
+    @property
+    def optim_spec(self) -> tr.OptimSpec:
+        c = self.config
+        return tr.OptimSpec(lr=float(c.lr), warmup_steps=int(c.warmup_steps), grad_clip=float(c.grad_clip))
+
+    def build_net(self, seed: int) -> torch.nn.Module:
+        return build_mlp(seed, int(self.config.width), int(self.config.depth))
+
+    def new_stream(self, seed: int) -> MixtureStream:
+        return MixtureStream(self.mixture, int(self.config.batch_size), seed, S.T_DEFAULT)
+
+    def draw_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.mixture.sample(int(n), generator).float()
+
+    @property
+    def clip_range(self) -> float:
+        """The data range the sampler clips x0 to (as mnist-schedule clips to the pixel range):
+        ``radius + 4 std_high``, beyond which the mixture has (numerically) no mass. Without it,
+        the first DDIM step from t = T divides by sqrt(alphabar_T) (5e-5 for the default cosine)
+        and the samples blew up (measured: distance 10 to 4e4 against 0.1 for q_e = 0.8)."""
+        return float(self.config.radius + 4 * self.config.std_high)
+
+    @staticmethod
+    def noise_seed(seed: int) -> int:
+        return derive_seed(seed, SAMPLE_NOISE)
+
+    def reference_draws(self, seed: int, n: int) -> torch.Tensor:
+        """The exact draws the distance of seed ``seed`` compares with (fixed per seed)."""
+        return self.mixture.sample(int(n), torch.Generator().manual_seed(derive_seed(seed, REFERENCE, n)))
+
+    def generate(self, net, sched: S.Schedule, n: int, noise_seed: int) -> torch.Tensor:
+        return sample(net, sched.betas, int(n), int(self.config.sample_steps), noise_seed, batch_size=int(n),
+                      shape=(self.mixture.dim,), clip_range=self.clip_range)
+
+    def upper_metrics(self, net, sched: S.Schedule, n: int, noise_seed: int, seed: int) -> dict[str, float]:
+        x = self.generate(net, sched, n, noise_seed)
+        return {"distance": float(energy_distance(x, self.reference_draws(seed, n)))}
+
+    def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
+        """The energy distance itself, of a DDIM batch run with autograd (differentiable in the weights)."""
+        n = int(self.config.bl_upper_batch)
+        noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k), shape=(self.mixture.dim,))
+        x = ddim_chain(net, ddim_scheduler(sched.betas, int(self.config.sample_steps), self.clip_range), noise)
+        return energy_distance(x, self.reference_draws(seed, int(self.config.search_samples)))
+
+    def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
+        """One full training (cosine learning-rate decay to 0 at its end)."""
+        net = self.build_net(seed)
+        spec = dataclasses.replace(self.optim_spec, decay_steps=self.train_steps)
+        losses = tr.train(net, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps))
+        tail = losses[-max(1, len(losses) // 10):]
+        return net, float(sum(tail) / len(tail))
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        """One full training under the schedule of ``params``, DDIM sampling, the distance."""
+        with _one_thread():
+            sched = self.schedule_of(params)
+            net, loss = self.train_full(sched, seed)
+            n = self.config.final_samples if final else self.config.search_samples
+            out = self.upper_metrics(net, sched, n, self.noise_seed(seed), seed)
+        out.update(alphabar_T=sched.alphabar_T, train_loss=loss)
+        if final and self.known_optimum() is not None:
+            out["regret"] = out["distance"] - self.known_optimum()
+        return out
+
+    def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        """One outer iteration of the shared single loop (:mod:`..single_loop`)."""
+        from ..single_loop import SingleLoop
+
+        if self._oracle is None:
+            self._oracle = SingleLoop(self)
+        with _one_thread():
+            return self._oracle.iterate(params, seed, context)
+
+
+class _one_thread:
+    """Torch on one thread: the tiny MLP gains nothing from a second one, and on a shared
+    machine two OpenMP threads wait for each other (mnist-schedule's measurement)."""
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+def reference(profile: str) -> dict | None:
+    """The stored reference optimum of ``profile`` (params, value, how it was found), or None."""
+    if not REFERENCE_FILE.is_file():
+        return None
+    return json.loads(REFERENCE_FILE.read_text()).get(profile)
