@@ -18,7 +18,7 @@ import torch
 _TINY = 1e-12
 
 
-def _mean_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean pairwise Euclidean distance; squared distances by ``|a|^2 + |b|^2 - 2 a.b`` (one
     matrix product, float64 so the cancellation stays far below the noise floor)."""
     d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
@@ -30,6 +30,6 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, y_self: torch.Tensor | Non
     ``E|Y - Y'|`` of a fixed reference sample ``y`` (it does not depend on ``x``)."""
     x = x.to(torch.float64)
     y = y.to(torch.float64)
-    yy = _mean_dist(y, y) if y_self is None else y_self
-    d2 = 2 * _mean_dist(x, y) - _mean_dist(x, x) - yy
+    yy = mean_distance(y, y) if y_self is None else y_self
+    d2 = 2 * mean_distance(x, y) - mean_distance(x, x) - yy
     return d2.clamp_min(0.0).add(_TINY).sqrt()

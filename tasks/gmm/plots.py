@@ -46,21 +46,33 @@ def reward_plots(task_cls, cells: pd.DataFrame, folder: Path) -> list[Path]:
     return paths
 
 
-def _lambda_plot(task, cells: pd.DataFrame, path: Path) -> Path:
+def curves(task, seed: int = 0, n_sweep: int = SWEEP, n_dense: int = 200) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (lambdas, upper scores)}`` on the task's lambda range: ``exact`` (the tilt's
+    E[r1], dense), ``guided`` (the guided sampler's mean r1, ``n_sweep`` lambdas, search-time
+    sample count, seed ``seed``) and ``bank`` (the bilevel oracle's self-normalised estimate on
+    seed ``seed``'s bank of the task's solver, dense)."""
     from ..reward import penalty as pen
 
     cfg = task.config
-    lams = np.geomspace(cfg.lam_low, cfg.lam_high, 200)
+    lams = np.geomspace(cfg.lam_low, cfg.lam_high, n_dense)
+    sweep = np.geomspace(cfg.lam_low, cfg.lam_high, n_sweep)
+    guided = type(task)(task.profile, sampler="guided")
+    r1, r2 = task.bank(seed).per_condition(cfg.guidance)[0]
+    return {
+        "exact": (lams, np.array([task.exact_upper(v) for v in lams])),
+        "guided": (sweep, np.array([guided.evaluate({"lam": v}, seed)["upper"] for v in sweep])),
+        "bank": (lams, np.array([pen.tilted_mean(r1, r2, v) for v in lams])),
+    }
+
+
+def _lambda_plot(task, cells: pd.DataFrame, path: Path) -> Path:
+    cv = curves(task)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    exact = [task.exact_upper(v) for v in lams]
+    lams, exact = cv["exact"]
     ax.plot(lams, exact, color="black", label="exact E[r1] of the tilt")
     ax.axvline(task.lambda_star(), color="black", linestyle=":", label=f"lambda* = {task.lambda_star():.3g}")
-    sweep = np.geomspace(cfg.lam_low, cfg.lam_high, SWEEP)
-    guided = type(task)(task.profile, sampler="guided")
-    ax.plot(sweep, [guided.evaluate({"lam": v}, 0)["upper"] for v in sweep], "o-", color="C0", ms=3,
-            label="guided sampler (seed 0)")
-    r1, r2 = task.bank(0).per_condition(cfg.guidance)[0]
-    ax.plot(lams, [pen.tilted_mean(r1, r2, v) for v in lams], "--", color="C1", label="bank estimate (seed 0)")
+    ax.plot(*cv["guided"], "o-", color="C0", ms=3, label="guided sampler (seed 0)")
+    ax.plot(*cv["bank"], "--", color="C1", label=f"bank estimate (seed 0, sampler={task.config.sampler})")
     markers = "s^vDP*Xph<>"
     for i, (method, c) in enumerate(sorted(cells.groupby("method"), key=lambda kv: kv[0])):
         if "param_lam" in c and c.param_lam.notna().any():

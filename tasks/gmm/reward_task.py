@@ -60,11 +60,12 @@ import torch
 from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ...methods.seeding import derive_seed
-from ..base import Metric
+from ..base import Metric, OracleContext, OracleResult
 from ..reward.common import EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
 from ..reward.guidance import GRAD_THROUGH, ddim_scheduler
 from .distance import energy_distance
 from .mixture import DTYPE, Mixture, Quadratic, random_mixture, tilt
+from .threads import one_thread
 
 COND = "gmm"
 EXACT_U, FIDELITY_REF = 511, 512  # derive_seed purpose tags
@@ -93,7 +94,7 @@ class GmmRewardConfig:
     steps: int = option(50, "DDIM steps of the guided sampler", ge=1, le=1000)
     eta: float = option(0.0, "DDIM eta (0 deterministic, 1 ancestral)", ge=0, le=1)
     n_samples: int = option(1000, "samples of a search-time run (the cost unit)", ge=2)
-    n_final: int = option(4000, "samples of a final-protocol run", ge=2)
+    n_final: int = option(2000, "samples of a final-protocol run", ge=2)
     bank_size: int = option(4000, "un-guided samples in the bilevel oracle's bank", ge=2)
     bank_cache: bool = option(True, "keep banks in the disk cache")
     batch_size: int = option(4000, "samples per sampler batch", ge=1)
@@ -243,6 +244,15 @@ class GmmRewardTask(RewardTask):
 
     def quality_metrics(self, samples: dict, seed: int, final: bool) -> dict[str, float]:
         return {}
+
+    # -- evaluation (on one thread, :mod:`.threads`) ---------------------------------------------
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
+        with one_thread():
+            return super().evaluate(params, seed, final=final)
+
+    def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
+        with one_thread():
+            return super().oracle(params, seed, context)
 
     # -- exact sampling ------------------------------------------------------------------------
     def exact_draws(self, mixture: Mixture, seed: int, n: int, tag: int) -> torch.Tensor:
