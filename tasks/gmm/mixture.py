@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...bench.options import option
+
 DTYPE = torch.float64
 
 
@@ -151,6 +153,24 @@ def tilt(p: Mixture, r: Quadratic, lam: float) -> Mixture:
              + 0.5 * (torch.logdet(cov) - torch.logdet(p.covs)))
     logw = torch.log(p.weights) + log_z
     return Mixture(torch.softmax(logw, 0), mean, cov)
+
+
+@dataclass(frozen=True)
+class MixtureOptions:
+    """The options of a task's seeded mixture (:func:`random_mixture`), shared by both mixture
+    tasks' configs (their base class)."""
+
+    data_seed: int = option(0, "seed of the mixture", ge=0)
+    n_components: int = option(8, "components of the mixture", ge=1, le=64)
+    radius: float = option(1.5, "component means lie in the disc of this radius", gt=0)
+    std_low: float = option(0.1, "smallest axis std of a component", gt=0)
+    std_high: float = option(0.35, "largest axis std of a component", gt=0)
+
+    def rules(self):
+        yield self.std_low <= self.std_high, "std_low must not exceed std_high"
+
+    def mixture(self) -> "Mixture":
+        return random_mixture(self.data_seed, self.n_components, self.radius, self.std_low, self.std_high)
 
 
 def random_mixture(seed: int, n_components: int, radius: float, std_low: float, std_high: float) -> Mixture:

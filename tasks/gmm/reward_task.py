@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -64,7 +64,7 @@ from ..base import Metric, OracleContext, OracleResult
 from ..reward.common import EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
 from ..reward.guidance import GRAD_THROUGH, ddim_scheduler
 from .distance import energy_distance
-from .mixture import DTYPE, Mixture, Quadratic, random_mixture, tilt
+from .mixture import DTYPE, Mixture, MixtureOptions, Quadratic, tilt
 from .threads import one_thread
 
 COND = "gmm"
@@ -77,14 +77,9 @@ SCHEDULER_CONFIG = {
 
 
 @dataclass(frozen=True)
-class GmmRewardConfig:
+class GmmRewardConfig(MixtureOptions):
     sampler: str = option("guided", "lower-level solver: the guided DDIM sampler or exact draws of the tilt",
                           choices=("guided", "exact"))
-    data_seed: int = option(0, "seed of the mixture p_pre", ge=0)
-    n_components: int = option(8, "components of p_pre", ge=1, le=64)
-    radius: float = option(1.5, "component means lie in the disc of this radius", gt=0)
-    std_low: float = option(0.1, "smallest axis std of a component", gt=0)
-    std_high: float = option(0.35, "largest axis std of a component", gt=0)
     r2_centre: tuple = option((2.5, 0.0), "centre of the lower reward r2 (2 numbers)")
     r2_curvature: float = option(3.0, "curvature of r2 = -(curvature/2)|x - centre|^2", gt=0)
     r1_curvature: float = option(1.0, "curvature of the upper score r1", gt=0)
@@ -107,8 +102,8 @@ class GmmRewardConfig:
     budget: float = option(12.0, "guided sampling runs per cell", gt=0)
 
     def rules(self):
+        yield from super().rules()
         yield len(self.r2_centre) == 2, "r2_centre needs 2 numbers"
-        yield self.std_low <= self.std_high, "std_low must not exceed std_high"
         yield self.lam_low < self.lam_high, "lam_low must be below lam_high"
         yield self.w_low < self.w_high, "w_low must be below w_high"
 
@@ -182,8 +177,7 @@ class GmmRewardTask(RewardTask):
     # -- the analytic problem ------------------------------------------------------------
     @functools.cached_property
     def p_pre(self) -> Mixture:
-        c = self.config
-        return random_mixture(c.data_seed, c.n_components, c.radius, c.std_low, c.std_high)
+        return self.config.mixture()
 
     @functools.cached_property
     def r2(self) -> Quadratic:
@@ -234,8 +228,7 @@ class GmmRewardTask(RewardTask):
         return ["gmm-r1", self.upper_reward_diff().weights_id]
 
     def describe_model(self) -> dict:
-        return {"mixture": {k: v for k, v in asdict(self.config).items()
-                            if k in ("data_seed", "n_components", "radius", "std_low", "std_high")},
+        return {"mixture": {f.name: getattr(self.config, f.name) for f in fields(MixtureOptions)},
                 "sampler": self.config.sampler, "scheduler": SCHEDULER_CONFIG}
 
     def score(self, samples, cond: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +308,7 @@ def _lambda_star(task: GmmRewardTask) -> tuple[float, float]:
     from scipy.optimize import minimize_scalar
 
     c = task.config
-    key = repr((c.data_seed, c.n_components, c.radius, c.std_low, c.std_high, tuple(c.r2_centre),
+    key = repr(([getattr(c, f.name) for f in fields(MixtureOptions)], tuple(c.r2_centre),
                 c.r2_curvature, c.r1_curvature, c.guidance, c.lam_low, c.lam_high))
     if key not in _STAR:
         grid = np.linspace(math.log(c.lam_low), math.log(c.lam_high), 401)
