@@ -116,7 +116,8 @@ def _samples_plot(task, cells: pd.DataFrame, path: Path) -> Path | None:
         ax.contour(gx, gy, dens, levels=8, colors="black", linewidths=0.6)
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color="C0")
         label = ", ".join(f"{k}={v:.3g}" for k, v in params.items()) or "no guidance"
-        ax.set_title(f"{method} ({label})", fontsize=8)
+        outside = int(np.sum((x < g[0]).any(1) | (x > g[-1]).any(1)))
+        ax.set_title(f"{method} ({label})" + (f"; {outside} of {len(x)} off the axes" if outside else ""), fontsize=8)
         ax.set_xlim(g[0], g[-1])
         ax.set_ylim(g[0], g[-1])
         ax.set_aspect("equal")

@@ -38,8 +38,8 @@ Choices and measurements (shared 2-core machine, load 2.5 to 4.8 from other work
   seed 0 (best 0.1238), the 10 best re-scored on final seeds 1000..1009: q = (0.0027, 0.809,
   1.016, 0.0151), distance 0.1280 (std over seeds 0.0085), against 0.2741 for the default
   cosine schedule. It sits at the low ends of the q_e and q_tau ranges.
-* One evaluation: 1.3 s at load 2.5 (training 1.1 s, sampling 0.06 s, distance 0.2 s);
-  ``benchmarks/gmm_speed.py``. Budget 6 trainings per cell (quick): the 10-seed matrix of
+* One evaluation: 1.46 s wall, 1.14 s CPU at load 3 (training 1.3 to 1.4 s wall, sampling
+  0.03 s, distance 0.15 to 0.4 s); ``benchmarks/gmm_speed.py``. Budget 6 trainings per cell (quick): the 10-seed matrix of
   both tasks costs 12.5 CPU-minutes.
 """
 
@@ -117,9 +117,9 @@ class GmmScheduleTask(ScheduleSpace, Task):
     #: note ran with this one.
     grid_params = ("q_e", "q_tau")
     #: energy-distance work per sample in MLP-forward equivalents of the training, for the
-    #: single loop's cost accounting: measured 36 and 44 (quick, ``benchmarks/gmm_speed.py``,
-    #: loaded machine) with the reference's self-distance recomputed; it is now cached, which
-    #: removes a third of that work: 30
+    #: single loop's cost accounting: measured 16 to 49 (quick, ``benchmarks/gmm_speed.py``,
+    #: shared machine at load 3 to 5) with the reference's self-distance recomputed, which
+    #: evaluations cache (a third of that work): 30
     metric_work = 30.0
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
