@@ -3,10 +3,8 @@ Carlo and finite differences."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
-
 from diffhpo.tasks.gmm.distance import energy_distance
 from diffhpo.tasks.gmm.mixture import DTYPE, Quadratic, random_mixture, tilt
 

@@ -7,11 +7,9 @@ import numpy as np
 import optuna
 import pytest
 import torch
-
 from diffhpo.bench.errors import DiffhpoError
 from diffhpo.bench.options import undeclared
 from diffhpo.methods.bilevel import BilevelSampler
-from diffhpo.tasks.base import OracleContext
 from diffhpo.tasks.gmm import GmmRewardTask
 from diffhpo.tasks.gmm.distance import energy_distance
 

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from diffhpo.bench.options import undeclared
 from diffhpo.tasks import schedule_landscape as land
 from diffhpo.tasks.base import OracleContext
@@ -39,7 +38,7 @@ def test_evaluation_is_deterministic_and_depends_on_the_schedule():
 def test_single_loop_resumes_and_reruns_identically(tmp_path):
     task = GmmScheduleTask("smoke")
     q0 = task.default_params()
-    ctx = lambda k: OracleContext(iteration=k, gamma=10.0 * 1.5**k, workdir=tmp_path)  # noqa: E731
+    ctx = lambda k: OracleContext(iteration=k, gamma=10.0 * 1.5**k, workdir=tmp_path)
     r0 = task.oracle(q0, 0, ctx(0))
     q1 = {**q0, "q_e": 0.95}
     r1 = task.oracle(q1, 0, ctx(1))

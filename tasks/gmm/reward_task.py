@@ -210,7 +210,7 @@ class GmmRewardTask(RewardTask):
     def target(self, params: Mapping[str, Any]) -> Mixture:
         """The exact distribution the parameters ask for: ``p_pre exp(guidance s / lam)`` with
         ``s = r2`` (lambda trials), ``r2 + w r1`` (weighted sum at ``ws_lambda``); ``p_pre`` (none)."""
-        mode, lam, w = self._mode(params)
+        _, lam, w = self._mode(params)
         s = self.r2 if w == 0 else self.r2 + self.r1.scaled(w)
         return tilt(self.p_pre, s.scaled(self.config.guidance), lam)
 
