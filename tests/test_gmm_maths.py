@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+
 from diffhpo.tasks.gmm.distance import energy_distance
 from diffhpo.tasks.gmm.mixture import DTYPE, Quadratic, random_mixture, tilt
 

@@ -2,6 +2,7 @@
 report's tables and the tasks' pictures."""
 
 import pytest
+
 from diffhpo.bench import storage as st
 from diffhpo.bench.report import collect, summarise
 from diffhpo.bench.runner import RunSpec, run_matrix

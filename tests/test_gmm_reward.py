@@ -7,6 +7,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+
 from diffhpo.bench.errors import DiffhpoError
 from diffhpo.bench.options import undeclared
 from diffhpo.methods.bilevel import BilevelSampler

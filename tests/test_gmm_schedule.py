@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from diffhpo.bench.options import undeclared
 from diffhpo.tasks import schedule_landscape as land
 from diffhpo.tasks.base import OracleContext
