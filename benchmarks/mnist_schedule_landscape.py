@@ -41,10 +41,13 @@ def main() -> None:
     print(f"{args.task} {args.profile} ({cfg.schedule}), {task.train_steps} training steps, "
           f"{cfg.final_samples if args.final else cfg.search_samples} samples, {cfg.sample_steps} DDIM steps",
           flush=True)
-    print(f"{'schedule':<14} {'seed':>4} {key:>9} {'alphabar_T':>10} {'wall s':>7}", flush=True)
+    others = [m.name for m in task.metrics[1:] if m.name not in ("regret", "train_loss")]
+    print(f"{'schedule':<14} {'seed':>4} {key:>9} " + " ".join(f"{n:>10}" for n in others) + f" {'wall s':>7}",
+          flush=True)
 
     def log(label, seed, m, wall):
-        print(f"{label:<14} {seed:>4} {m[key]:>9.4g} {m['alphabar_T']:>10.3g} {wall:>7.2f}", flush=True)
+        print(f"{label:<14} {seed:>4} {m[key]:>9.4g} " + " ".join(f"{m.get(n, float('nan')):>10.3g}" for n in others)
+              + f" {wall:>7.2f}", flush=True)
 
     values = land.evaluate(task, args.seeds, final=args.final, paired=args.paired, log=log)
     seeds = values["default"]
