@@ -9,6 +9,7 @@ from .base import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask
+from .gmm import GmmRewardTask, GmmScheduleTask
 
 def register_task(cls: type[Task]) -> type[Task]:
     TASKS.register(cls.name, cls)
@@ -19,5 +20,7 @@ register_task(QuadraticTask)
 register_task(RewardMnistTask)
 register_task(RewardSdTask)
 register_task(MnistScheduleTask)
+register_task(GmmRewardTask)
+register_task(GmmScheduleTask)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]

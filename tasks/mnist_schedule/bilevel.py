@@ -1,5 +1,9 @@
 """The single-loop bilevel oracle of ``mnist-schedule`` (method.md, Application 2, "Single
-loop"; Xiao et al. 2025, Sec. 4 and 5.2; the penalty method of Kwon et al. 2023).
+loop"; Xiao et al. 2025, Sec. 4 and 5.2; the penalty method of Kwon et al. 2023): the shared
+loop :class:`~diffhpo.tasks.single_loop.SingleLoop` (also ``gmm-schedule``'s) with this
+task's network (UNet), data stream (MNIST minibatches), upper metric (FID) and its
+differentiable surrogate (:class:`FeatureSurrogate`, below). The steps and the choices
+below were made and measured here, on this task.
 
 Problem: ``min_q F(q) = f(q, theta*(q))`` with ``f`` = FID of the DDIM samples of a network
 under schedule ``q`` and ``theta*(q) = argmin_theta g(q, theta)``, ``g = L_SM`` the
@@ -89,135 +93,32 @@ Choices where the paper leaves freedom, and why:
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import tempfile
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from ...bench.cache import torch_save_atomic
 from ...methods.seeding import derive_seed
-from ...methods.zeroth_order import gaussian_directions, two_point_estimate
-from ..base import OracleContext, OracleResult
+from ..single_loop import SingleLoop, rescale_deviation, shared_adam_step, zo_gradient
 from . import schedules as S
-from . import training as tr
 from .sampling import ddim_chain, ddim_scheduler, initial_noise
 
 if TYPE_CHECKING:
     from .task import MnistScheduleTask
 
-ZO_NOISE, UPPER_NOISE, QGRAD_BATCH = 31, 32, 33
-FID_FEATURE_WORK = 0.5  # UNet-forward equivalents per image of one FID call (measured, quick network)
-CKPT_VERSION = 1
+__all__ = ["FeatureSurrogate", "SingleLoop", "rescale_deviation", "shared_adam_step", "zo_gradient"]
+
+UPPER_NOISE = 32  # derive_seed purpose tag of the surrogate's DDIM batch
 
 
-class SingleLoop:
-    """State and maths of the single-loop method for one task instance; the state of each
-    cell lives in its ``workdir`` (a temporary folder when the runner gives none)."""
+class FeatureSurrogate:
+    """``f~``, the differentiable surrogate of FID that ``y`` follows (module docstring):
+    the diagonal Fréchet distance of ``mnist-net`` features."""
 
     def __init__(self, task: "MnistScheduleTask") -> None:
         self.task = task
         self._ref_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self._feature_net = None
-        self._tmpdirs: dict[int, Path] = {}
 
-    # -- cost accounting -------------------------------------------------------------------
-    def unit_work(self) -> float:
-        """UNet image-evaluations of one full training with its search-time sampling and FID."""
-        c = self.task.config
-        n = int(c.search_samples)
-        return 3.0 * self.task.train_steps * int(c.batch_size) + n * int(c.sample_steps) + FID_FEATURE_WORK * n
-
-    def iteration_work(self, first: bool) -> dict[str, float]:
-        c = self.task.config
-        b, steps = int(c.batch_size), int(c.sample_steps)
-        work = {
-            "warmup": 3.0 * (self.warmup_steps() * b + int(c.bl_qgrad_batch)) if first else 0.0,
-            "inner": 2 * 3.0 * int(c.bl_inner_steps) * b,
-            "upper": 3.0 * int(c.bl_upper_batch) * (steps + FID_FEATURE_WORK),
-            "qgrad": 2 * 3.0 * int(c.bl_qgrad_batch),
-            "zo": 2 * int(c.bl_zo_directions) * int(c.bl_zo_samples) * (steps + FID_FEATURE_WORK),
-            "metrics": int(c.search_samples) * (steps + FID_FEATURE_WORK),
-        }
-        return work
-
-    def warmup_steps(self) -> int:
-        return int(round(float(self.task.config.bl_warmup) * self.task.train_steps))
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def _folder(self, seed: int, context: OracleContext) -> Path:
-        if context.workdir is not None:
-            folder = Path(context.workdir)
-        else:
-            if seed not in self._tmpdirs:
-                self._tmpdirs[seed] = Path(tempfile.mkdtemp(prefix=f"mnist-schedule-bilevel-s{seed}-"))
-            folder = self._tmpdirs[seed]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def _config_key(self, seed: int) -> str:
-        cfg = {k: v for k, v in asdict(self.task.config).items() if k != "budget"}
-        blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @staticmethod
-    def _path(folder: Path, k: int) -> Path:
-        return folder / f"singleloop-{k:05d}.pt"
-
-    def _load(self, folder: Path, k: int, seed: int) -> dict[str, Any]:
-        path = self._path(folder, k)
-        if not path.is_file():
-            raise RuntimeError(
-                f"mnist-schedule bilevel: the checkpoint of iteration {k} ({path}) is missing, so iteration "
-                f"{k + 1} cannot resume; restore that folder or start the cell afresh (new --out)"
-            )
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("config_key") != self._config_key(seed):
-            raise RuntimeError(f"mnist-schedule bilevel: {path} was written with other task settings or seed")
-        return state
-
-    def _save(self, folder: Path, k: int, state: dict[str, Any]) -> None:
-        torch_save_atomic(state, self._path(folder, k))
-        old = self._path(folder, k - 2)  # keep the last two: k-1 lets iteration k be rerun
-        if old.exists():
-            old.unlink()
-
-    # -- networks ------------------------------------------------------------------------------
-    def _fresh(self, seed: int) -> dict[str, Any]:
-        spec = self.task.optim_spec
-        z = tr.build_unet(self.task.unet_spec, seed)
-        return {"z": z, "opt_z": tr.make_optimizer(z, spec), "ema_z": tr.EMA(z, spec.ema_decay) if spec.ema_decay > 0 else None,
-                "step": 0}
-
-    def _restore(self, state: dict[str, Any]) -> dict[str, Any]:
-        spec = self.task.optim_spec
-        out: dict[str, Any] = {"step": int(state["step"]), "upper_weight": float(state["upper_weight"]),
-                               "m_y": [m.clone() for m in state["m_y"]]}
-        for name in ("y", "z"):
-            net = tr.build_unet(self.task.unet_spec, 0)
-            net.load_state_dict(state[name])
-            ema = None
-            if state.get(f"ema_{name}") is not None:
-                ema = tr.EMA(net, spec.ema_decay)
-                ema.load_state_dict(state[f"ema_{name}"])
-            out.update({name: net, f"ema_{name}": ema})
-        out["opt_z"] = tr.make_optimizer(out["z"], spec)
-        out["opt_z"].load_state_dict(state["opt_z"])
-        return out
-
-    @staticmethod
-    def _clone(z, opt_z, ema_z):
-        """``y`` = a copy of ``z``, its Adam first moments copied from ``z``'s."""
-        y = copy.deepcopy(z)
-        m_y = [opt_z.state[p]["exp_avg"].clone() if p in opt_z.state else torch.zeros_like(p) for p in z.parameters()]
-        return y, m_y, (copy.deepcopy(ema_z) if ema_z is not None else None)
-
-    # -- the upper-level surrogate f~ (y's objective) ----------------------------------------
     def _features_net(self):
         if self._feature_net is None:
             from ...bench.metrics.feature_net import load_feature_net
@@ -247,7 +148,7 @@ class SingleLoop:
 
         return self._features_net()(normalise((x.clamp(-1.0, 1.0) + 1.0) / 2.0))[0]
 
-    def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
+    def __call__(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
         """``f~``: diagonal Fréchet distance of features of a differentiable DDIM batch of ``net``."""
         n = int(self.task.config.bl_upper_batch)
         noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k), int(self.task.config.image_size))
@@ -256,199 +157,3 @@ class SingleLoop:
         mu_r, sd_r = self.reference_stats()
         sd = feats.std(0) if n > 1 else torch.zeros_like(mu_r)
         return ((feats.mean(0) - mu_r) ** 2).sum() + ((sd - sd_r) ** 2).sum()
-
-    def upper_weight(self, z, batch, alphabar: torch.Tensor, upper_grad_norm: float, gamma0: float) -> float:
-        """The scale ``w`` of the upper level in the penalised problem ``min_y w f~ + gamma g``.
-
-        FID is in the hundreds and its weight gradient about 1e5 times the denoising loss's
-        (quick profile at 28 x 28, end of warm-up: ``|grad f~| ~ 7e4``, ``|grad g| ~ 0.2``), so with
-        ``w = 1`` the first steps of ``y`` follow ``f~`` alone and ``y`` stops being a
-        denoiser (measured: its loss went from 0.06 to 1.5 in 20 steps), far outside the
-        regime ``y ~ z + O(1/gamma)`` in which the penalty hypergradient is accurate. ``w``
-        is set once, at iteration 0, so that the upper-level part of ``y``'s step is
-        ``bl_upper_ratio`` times the lower-level part at ``gamma_0``:
-        ``w = ratio * gamma_0 * |grad g(z)| / |grad f~(z)|``. The hypergradient's penalty
-        term is divided by ``w`` (it estimates ``grad (w F)``), so it stays in FID units.
-        """
-        x0, t, eps = batch
-        z.zero_grad(set_to_none=True)
-        tr.denoising_loss(z, x0, t, eps, alphabar).backward()
-        lower = _grad_norm(z)
-        z.zero_grad(set_to_none=True)
-        ratio = float(self.task.config.bl_upper_ratio)
-        return ratio * gamma0 * lower / max(upper_grad_norm, 1e-12)
-
-    # -- the analytic term -------------------------------------------------------------------------
-    def qgrad(self, net, q: torch.Tensor, batch) -> torch.Tensor:
-        """``grad_q g(q, net)`` on one batch, by autograd through ``alphabar(q)``."""
-        qt = q.clone().detach().requires_grad_(True)
-        ab = S.schedule(self.task.config.schedule, qt).alphabar
-        x0, t, eps = batch
-        loss = tr.denoising_loss(net, x0, t, eps, ab)
-        (g,) = torch.autograd.grad(loss, qt)
-        return g.detach()
-
-    def qgrad_batch(self, seed: int, k: int, n: int):
-        data = self.task.train_data()
-        g = torch.Generator().manual_seed(derive_seed(seed, QGRAD_BATCH, k))
-        idx = torch.randint(0, len(data), (n,), generator=g)
-        t = torch.randint(0, S.T_DEFAULT, (n,), generator=g)
-        eps = torch.randn((n,) + tuple(data.shape[1:]), generator=g)
-        return data[idx], t, eps
-
-    # -- one outer iteration --------------------------------------------------------------------
-    def iterate(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
-        task, cfg = self.task, self.task.config
-        k, gamma = int(context.iteration), float(context.gamma)
-        folder = self._folder(seed, context)
-        spec = task.optim_spec
-        names = S.PARAM_NAMES
-        q = task.q_tensor(params)
-        sched = task.schedule_of(q)
-        ab = sched.alphabar.float()
-        stream = task.new_stream(seed)
-
-        # 1. state
-        if k == 0:
-            st = self._fresh(seed)
-            warm = self.warmup_steps()
-            tr.train(st["z"], ab, stream, spec, range(warm), opt=st["opt_z"], ema=st["ema_z"])
-            st["step"] = warm
-            st["y"], st["m_y"], st["ema_y"] = self._clone(st["z"], st["opt_z"], st["ema_z"])
-        else:
-            prev = self._load(folder, k - 1, seed)
-            st = self._restore(prev)
-            rescale_deviation(st["y"], st["z"], float(prev["gamma"]) / gamma)
-        y, z = st["y"], st["z"]
-
-        # 2. y's upper-level surrogate gradient (once per iteration), then the inner steps
-        y.train()
-        z.train()
-        batch = self.qgrad_batch(seed, k, int(cfg.bl_qgrad_batch))
-        y.zero_grad(set_to_none=True)
-        f_sur = self.surrogate(y, sched, seed, k)
-        f_sur.backward()
-        if k == 0:  # fix the scale w of the upper level once, at the end of the warm-up (y = z)
-            st["upper_weight"] = self.upper_weight(z, batch, ab, _grad_norm(y), gamma)
-        w = float(st["upper_weight"])
-        g_upper = [(p.grad.detach() * (w / gamma)) if p.grad is not None else None for p in y.parameters()]
-        losses_y, losses_z = [], []
-        for _ in range(int(cfg.bl_inner_steps)):
-            x0, t, eps = stream.batch(st["step"])
-            loss_z = tr.denoising_loss(z, x0, t, eps, ab)
-            st["opt_z"].zero_grad(set_to_none=True)
-            loss_z.backward()
-            clip = tr.clip_coefficient(z, spec)
-            tr.apply_step(z, st["opt_z"], spec, st["step"], st["ema_z"])
-            y.zero_grad(set_to_none=True)
-            loss_y = tr.denoising_loss(y, x0, t, eps, ab)
-            loss_y.backward()
-            shared_adam_step(y, st["m_y"], z, st["opt_z"], g_upper, clip, spec, st["step"])
-            if st["ema_y"] is not None:
-                st["ema_y"].update(y)
-            losses_y.append(loss_y.item())
-            losses_z.append(loss_z.item())
-            st["step"] += 1
-
-        # 3. penalty term (gamma / w) (grad_q g(q, y) - grad_q g(q, z)) on one common batch
-        gy, gz = self.qgrad(y, q, batch), self.qgrad(z, q, batch)
-        penalty = (gamma / w) * (gy - gz)
-
-        # 4. zeroth-order grad_q FID(q, y) in normalised coordinates, common noise
-        sample_y = st["ema_y"].model if st["ema_y"] is not None else y
-        lo = np.array([task.ranges[n][0] for n in names])
-        hi = np.array([task.ranges[n][1] for n in names])
-        dirs = gaussian_directions(seed, k, int(cfg.bl_zo_directions), len(names))
-        zo_noise = derive_seed(seed, ZO_NOISE, k)
-
-        def fid_y(qp: np.ndarray) -> float:
-            sp = task.schedule_of(torch.tensor(qp, dtype=torch.float64))
-            return task.fidelity(task.generate(sample_y, sp, int(cfg.bl_zo_samples), zo_noise), seed)["fid"]
-
-        qn = q.numpy()
-        zo_np, f_plus, f_minus = zo_gradient(fid_y, qn, lo, hi, float(cfg.bl_zo_delta), dirs)
-        zo = torch.tensor(zo_np, dtype=torch.float64)
-
-        # 5. metrics at q: the lower-level iterate z, the cell's common evaluation noise
-        sample_z = st["ema_z"].model if st["ema_z"] is not None else z
-        images = task.generate(sample_z, sched, int(cfg.search_samples), task.noise_seed(seed))
-        metrics = task.fidelity(images, seed)
-        tail = losses_z[-max(1, len(losses_z) // 10):]
-        metrics.update(alphabar_T=sched.alphabar_T, train_loss=float(np.mean(tail)))
-
-        # 6. checkpoint and result
-        state = {
-            "config_key": self._config_key(seed), "iteration": k, "q": qn.tolist(), "gamma": gamma,
-            "step": st["step"], "upper_weight": w, "y": y.state_dict(), "z": z.state_dict(),
-            "m_y": [m.clone() for m in st["m_y"]], "opt_z": st["opt_z"].state_dict(),
-            "ema_y": st["ema_y"].state_dict() if st["ema_y"] is not None else None,
-            "ema_z": st["ema_z"].state_dict() if st["ema_z"] is not None else None,
-        }
-        self._save(folder, k, state)
-        grad = zo + penalty
-        work = self.iteration_work(first=(k == 0))
-        cost = sum(work.values()) / self.unit_work()
-        with torch.no_grad():
-            yz = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(y.parameters(), z.parameters()))))
-        info: dict[str, float] = {
-            "f_surrogate": float(f_sur.detach()), "fid_y_zo_mean": float(np.mean(f_plus + f_minus)),
-            "loss_y": float(np.mean(losses_y)) if losses_y else float("nan"),
-            "loss_z": float(np.mean(losses_z)) if losses_z else float("nan"),
-            "yz_distance": yz, "train_step": float(st["step"]), "upper_weight": w,
-        }
-        for i, n in enumerate(names):
-            info[f"zo_{n}"] = float(zo[i])
-            info[f"penalty_{n}"] = float(penalty[i])
-        for part, v in work.items():
-            info[f"cost_{part}"] = v / self.unit_work()
-        return OracleResult(metrics=metrics, grad={n: float(grad[i]) for i, n in enumerate(names)}, cost=cost,
-                            info=info)
-
-
-@torch.no_grad()
-def shared_adam_step(y, m_y, z, opt_z, g_upper, clip: float, spec: tr.OptimSpec, step: int) -> None:
-    """Adam step on ``y`` with ``z``'s second moments (the shared preconditioner, see module
-    doc): ``m_y <- b1 m_y + (1 - b1) clip (grad g(y) + (w/gamma) grad f~)``,
-    ``y <- y - lr m_y/(1 - b1^n) / (sqrt(v_z/(1 - b2^n)) + eps)``, with ``z``'s gradient-clip
-    coefficient, step count ``n`` and learning rate (z has just taken step ``n``)."""
-    group = opt_z.param_groups[0]
-    b1, b2 = group["betas"]
-    lr, eps = group["lr"], group["eps"]
-    for py, pz, m, gu in zip(y.parameters(), z.parameters(), m_y, g_upper):
-        g = py.grad if py.grad is not None else torch.zeros_like(py)
-        if gu is not None:
-            g = g + gu
-        m.mul_(b1).add_(g * clip, alpha=1 - b1)
-        state = opt_z.state[pz]
-        n = float(state["step"])
-        v_hat = state["exp_avg_sq"] / (1 - b2**n)
-        py.sub_(lr * (m / (1 - b1**n)) / (v_hat.sqrt() + eps))
-
-
-@torch.no_grad()
-def rescale_deviation(y, z, factor: float) -> None:
-    """``y <- z + factor (y - z)``: the warm start of ``y`` when gamma changes (see module doc)."""
-    for py, pz in zip(y.parameters(), z.parameters()):
-        py.copy_(pz + factor * (py - pz))
-
-
-def _grad_norm(net) -> float:
-    return float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in net.parameters() if p.grad is not None)))
-
-
-def zo_gradient(fn, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, delta: float, directions: np.ndarray):
-    """Two-point zeroth-order estimate of ``grad fn(q)`` in natural units (method.md).
-
-    The directions ``u`` live in normalised coordinates ``(q - lo) / (hi - lo)``;
-    ``fn`` is evaluated at ``Proj_box(q +/- delta * u * (hi - lo))`` and
-    ``g_unit = mean_u [fn(q+) - fn(q-)] / (2 delta) u`` (:func:`two_point_estimate`) is
-    converted by the chain rule, ``g_i = g_unit_i / (hi_i - lo_i)``. Away from the faces of
-    the box, ``E[g] = grad fn(q)`` exactly for a quadratic ``fn``. Returns ``(g, f_plus, f_minus)``.
-    """
-    width = hi - lo
-    f_plus, f_minus = [], []
-    for u in directions:
-        f_plus.append(float(fn(np.clip(q + delta * u * width, lo, hi))))
-        f_minus.append(float(fn(np.clip(q - delta * u * width, lo, hi))))
-    g_unit = two_point_estimate(f_plus, f_minus, directions, delta)
-    return g_unit / width, f_plus, f_minus

@@ -81,11 +81,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from optuna.distributions import FloatDistribution
 
 from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult, Task
+from ..schedule_space import ScheduleSpace
 from . import schedules as S
 from . import training as tr
 from .sampling import IMAGE_SIZE, sample
@@ -162,17 +162,31 @@ PAPER = MnistScheduleConfig(
 )
 
 
-class MnistScheduleTask(Task):
+class MnistScheduleTask(ScheduleSpace, Task):
     name = "mnist-schedule"
     description = "noise-schedule optimisation while training an MNIST diffusion model (UNet2DModel, DDIM, FID)"
     cost_unit = "full trainings"
     offline = True
     profiles = {"smoke": SMOKE, "quick": QUICK, "paper": PAPER}
+    #: The default grid (:class:`..schedule_space.ScheduleSpace`) varies the two most
+    #: influential parameters, ``q_e`` and ``q_tau``; ``q_s`` and ``q_eps`` stay at their
+    #: defaults. Influence was measured on the quick profile by moving one parameter at a time
+    #: from the default to the far end of its range (``benchmarks/mnist_schedule_landscape.py
+    #: --paired``, 3 seeds, see the profile notes above): ``q_tau`` (decay speed, mean paired
+    #: change -128), ``q_e`` (terminal noise level, +118) and ``q_s`` (-116) move FID about
+    #: equally, ``q_eps`` least (-29). ``q_e`` and ``q_tau`` were chosen when the quick
+    #: profile trained at 28 x 28, where they moved FID most (+511 and +608 against -274 for
+    #: ``q_s``); at 16 x 16 ``q_s`` would do as well. 9 grid points.
+    grid_params = ("q_e", "q_tau")
+    #: cost of the FID feature extraction per image, in UNet-forward equivalents (measured,
+    #: quick network): the single loop's cost accounting (:mod:`..single_loop`)
+    metric_work = 0.5
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
         self._data: torch.Tensor | None = None
         self._oracle = None
+        self._surrogate = None
 
     # -- declarations -------------------------------------------------------------------
     @property
@@ -187,48 +201,7 @@ class MnistScheduleTask(Task):
             Metric("train_loss", "minimize", "denoising loss at the end of training (mean of the last steps)"),
         ]
 
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return S.PARAM_NAMES
-
-    @property
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        return S.RANGES[self.config.schedule]
-
-    def search_space(self) -> dict[str, FloatDistribution]:
-        return {n: FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}
-
-    def default_params(self) -> dict[str, float]:
-        """The family's default schedule (cosine: the standard cosine schedule ``(0, 1, 1, 0.008)``)."""
-        return dict(zip(S.PARAM_NAMES, S.DEFAULTS[self.config.schedule]))
-
-    def default_grid(self) -> dict[str, list]:
-        """Three values (both ends and the middle of the range) on the two most influential
-        parameters, ``q_e`` and ``q_tau``; ``q_s`` and ``q_eps`` stay at their defaults.
-
-        Influence was measured on the quick profile by moving one parameter at a time
-        from the default to the far end of its range (``benchmarks/mnist_schedule_landscape.py
-        --paired``, 3 seeds, see the profile notes above): ``q_tau`` (decay speed, mean
-        paired change -128), ``q_e`` (terminal noise level, +118) and ``q_s`` (-116) move FID
-        about equally, ``q_eps`` least (-29). ``q_e`` and ``q_tau`` were chosen when the
-        quick profile trained at 28 x 28, where they moved FID most (+511 and +608 against
-        -274 for ``q_s``); at 16 x 16 ``q_s`` would do as well. 9 grid points.
-        """
-        d = self.default_params()
-        grid = {n: [float(d[n])] for n in S.PARAM_NAMES}
-        for n in ("q_e", "q_tau"):
-            lo, hi = self.ranges[n]
-            grid[n] = [float(lo), float((lo + hi) / 2), float(hi)]
-        return grid
-
     # -- pieces ----------------------------------------------------------------------------
-    def q_tensor(self, params: Mapping[str, Any]) -> torch.Tensor:
-        return S.as_q({n: float(params[n]) for n in S.PARAM_NAMES})
-
-    def schedule_of(self, params_or_q) -> S.Schedule:
-        q = params_or_q if torch.is_tensor(params_or_q) else self.q_tensor(params_or_q)
-        return S.check_valid(S.schedule(self.config.schedule, q))
-
     @property
     def unet_spec(self) -> tr.UNetSpec:
         c = self.config
@@ -316,10 +289,31 @@ class MnistScheduleTask(Task):
     def new_stream(self, seed: int) -> tr.BatchStream:
         return tr.BatchStream(self.train_data(), int(self.config.batch_size), seed, S.T_DEFAULT)
 
+    # -- the single loop's problem (:mod:`..single_loop`) -------------------------------------
+    def build_net(self, seed: int) -> torch.nn.Module:
+        return tr.build_unet(self.unet_spec, seed)
+
+    def draw_data(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` training images drawn with replacement."""
+        data = self.train_data()
+        return data[torch.randint(0, len(data), (int(n),), generator=generator)]
+
+    def upper_metrics(self, net, sched: S.Schedule, n: int, noise_seed: int, seed: int) -> dict[str, float]:
+        """FID, KID and IS of ``n`` samples of ``net`` from the noise ``noise_seed``."""
+        return self.fidelity(self.generate(net, sched, n, noise_seed), seed)
+
+    def surrogate(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
+        """FID's differentiable surrogate (:class:`.bilevel.FeatureSurrogate`)."""
+        if self._surrogate is None:
+            from .bilevel import FeatureSurrogate
+
+            self._surrogate = FeatureSurrogate(self)
+        return self._surrogate(net, sched, seed, k)
+
     def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
         """One full training under ``sched`` from the initialisation of ``seed``: the
         network to sample (the EMA copy when enabled) and the mean loss of the last steps."""
-        model = tr.build_unet(self.unet_spec, seed)
+        model = self.build_net(seed)
         spec = self.full_training_spec
         ema = tr.EMA(model, spec.ema_decay) if spec.ema_decay > 0 else None
         losses = tr.train(model, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps),
@@ -364,7 +358,7 @@ class MnistScheduleTask(Task):
 
     def oracle(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
         """One outer iteration of the single-loop bilevel method (see :mod:`.bilevel`)."""
-        from .bilevel import SingleLoop
+        from ..single_loop import SingleLoop
 
         if self._oracle is None:
             self._oracle = SingleLoop(self)

@@ -112,7 +112,7 @@ def denoising_loss(model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, 
 
     ``alphabar`` (length T) may require grad; the loss is then differentiable in ``q``.
     """
-    ab = alphabar[t].to(x0.dtype).view(-1, 1, 1, 1)
+    ab = alphabar[t].to(x0.dtype).view((-1,) + (1,) * (x0.dim() - 1))  # images or vectors
     xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
     return F.mse_loss(model(xt, t).sample, eps)
 

@@ -139,12 +139,13 @@ class RewardTask(Task):
 
     def _sample(self, model, noise, conds, seed: int, **guidance):
         """:func:`.guidance.sample_images` with the task's sampler settings (steps, eta,
-        batch size, decoder); ``seed`` seeds the step noise when ``eta > 0``."""
+        batch size, decoder, the model's ``value_range``, default [-1, 1]); ``seed`` seeds the step noise when ``eta > 0``."""
         from .guidance import sample_images
 
         cfg = self.config
         return sample_images(model.eps, lambda: model.scheduler(cfg.steps), noise, conds, decode=model.decode,
-                             batch_size=cfg.batch_size, eta=float(cfg.eta), seed=seed, **guidance)
+                             batch_size=cfg.batch_size, eta=float(cfg.eta), seed=seed,
+                             value_range=getattr(model, "value_range", (-1.0, 1.0)), **guidance)
 
     def generate(self, params: Mapping[str, Any], seed: int, n: int, conds: Sequence | None = None) -> dict:
         """``{cond: images in [-1, 1]}``: ``n`` samples per condition under ``params`` (one guided
@@ -178,13 +179,14 @@ class RewardTask(Task):
             r2s.append(r2)
         out = {self.upper_metric: float(np.mean([r.mean() for r in r1s])),
                "lower": float(np.mean([r.mean() for r in r2s]))}
-        out.update(self.extra_metrics(samples, r1s, r2s))
+        out.update(self.extra_metrics(samples, r1s, r2s, params))
         out.update(self.quality_metrics(samples, seed, final))
         if final:
             self._save_final_grid(params, seed, samples)
         return out
 
-    def extra_metrics(self, samples: dict, r1s: list, r2s: list) -> dict[str, float]:
+    def extra_metrics(self, samples: dict, r1s: list, r2s: list, params: Mapping[str, Any]) -> dict[str, float]:
+        """Task-specific metrics of a run under ``params`` (default: none)."""
         return {}
 
     # -- the bilevel oracle ----------------------------------------------------------------------

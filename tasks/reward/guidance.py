@@ -60,7 +60,7 @@ RewardFn = Callable[[torch.Tensor, object], torch.Tensor]
 class GuidedRun:
     """The outcome of one (guided or unguided) sampling run."""
 
-    samples: torch.Tensor  # decoded images in [-1, 1], float32 on the CPU
+    samples: torch.Tensor  # decoded images in [-1, 1] (or value_range), float32 on the CPU
     unet_forwards: int  # UNet calls per image (CFG counts as one call of a doubled batch)
     unet_backwards: int  # UNet backward passes per image (0 unless grad_through="unet")
     reward_grads: int  # reward-gradient evaluations per image
@@ -147,6 +147,7 @@ def sample_images(
     group_cond: bool = True,
     eta: float = 0.0,
     seed: int = 0,
+    value_range: tuple[float, float] | None = (-1.0, 1.0),
 ) -> GuidedRun:
     """Sample one image per row of ``noise`` (batched), image ``i`` conditioned on ``conds[i]``.
 
@@ -154,7 +155,8 @@ def sample_images(
     object is passed once per batch). Returns decoded images in [-1, 1] on the CPU and the
     per-image count of network evaluations (the cost model of :mod:`.bank`). With ``eta > 0``
     the step noise of the batch starting at image ``i`` comes from a generator seeded by
-    ``(seed, i)``.
+    ``(seed, i)``. The samples are clamped to ``value_range`` (images: [-1, 1]; ``None``:
+    no clamp, for data with unbounded support such as the 2-D mixtures of ``gmm-reward``).
     """
     from ...methods.seeding import derive_seed
 
@@ -177,7 +179,8 @@ def sample_images(
         x = guided_ddim(eps_fn, sched, noise[i:j], conds[i], reward=reward, scale=scale,
                         grad_through=grad_through, decode=decode, eta=eta, generator=gen)
         with torch.no_grad():
-            img = (decode(x) if decode is not None else x).float().clamp(-1, 1).cpu()
+            img = (decode(x) if decode is not None else x).float()
+            img = (img.clamp(*value_range) if value_range is not None else img).cpu()
         out.append(img)
         i = j
     guided = reward is not None and scale != 0.0

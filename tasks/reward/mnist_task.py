@@ -221,7 +221,7 @@ class RewardMnistTask(RewardTask):
             r2 = torch.cat([self._r2(x[i : i + 500], cond) for i in range(0, len(x), 500)])
         return r1.double().numpy(), r2.double().numpy()
 
-    def extra_metrics(self, samples: dict, r1s: list, r2s: list) -> dict[str, float]:
+    def extra_metrics(self, samples: dict, r1s: list, r2s: list, params=None) -> dict[str, float]:
         from ...bench.metrics.feature_net import classify
         from ...bench.metrics.images import to_uint8
 
