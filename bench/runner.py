@@ -168,7 +168,7 @@ def skip_reason(task: Task, method: Method) -> str | None:
     """Why ``method`` does not apply to ``task`` (None: it applies)."""
     if task.search_space_for(method.space) is None:
         return f"the task has no {method.space!r} search space"
-    if method.make_pruner is not None and not task.fidelity:
+    if method.make_pruner is not None and not task.has_fidelity:
         return "a pruning method, and the task has no fidelity: its lower-level solve reports no progress"
     return None
 

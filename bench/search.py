@@ -261,7 +261,7 @@ def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
                     "hypergrad": {k: float(v) for k, v in result.grad.items()},
                     "iteration": octx.iteration, "gamma": octx.gamma, **result.info,
                 }
-            elif task.fidelity:
+            elif task.has_fidelity:
                 metrics, extra = task.evaluate(params, cell.seed, report=reporter), {}
             else:
                 metrics, extra = task.evaluate(params, cell.seed), {}

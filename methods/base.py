@@ -65,7 +65,7 @@ class Method:
     tasks' ``weighted-sum``, ``none``) names its variant, and a task without it is skipped.
     ``make_pruner(ctx)``, if given, returns the study's Optuna pruner (multi-fidelity
     methods: successive halving, Hyperband, median stopping); it acts on the intermediate
-    values that tasks with a fidelity report (:attr:`Task.fidelity`), and the runner skips
+    values that tasks with a fidelity report (:attr:`Task.has_fidelity`), and the runner skips
     the method on tasks without one.
     """
 

@@ -84,12 +84,12 @@ class Task(abc.ABC):
     description: ClassVar[str]
     cost_unit: ClassVar[str] = "lower-level solves"
     offline: ClassVar[bool] = True  # part of the default matrix (needs no download)
-    # A task whose lower-level solve is iterative sets ``fidelity = True``: its evaluate then
+    # A task whose lower-level solve is iterative sets ``has_fidelity = True``: its evaluate then
     # takes ``report=``, a callable ``report(fraction, value)`` it calls at its checkpoints
     # (fractions of the solve, a profile setting) with the upper metric there; the call
     # raises ``optuna.TrialPruned`` when the method's pruner stops the trial, which then
     # costs the fraction it ran. Pruning methods skip tasks without a fidelity.
-    fidelity: ClassVar[bool] = False
+    has_fidelity: ClassVar[bool] = False
     # Seeds of the default matrix (``diffhpo run`` without --seeds): cheap tasks with a known
     # answer afford enough seeds to separate methods from noise; the MNIST tasks one.
     default_seeds: ClassVar[int] = 1

@@ -26,7 +26,7 @@ class _Curves(Task):
 
     name = "curves"
     description = "test task with a fidelity"
-    fidelity = True
+    has_fidelity = True
     profiles = {"smoke": type("C", (), {"budget": 8.0, "checkpoints": CHECKPOINTS[:-1]})()}
     calls = 0
     interrupt_at = None
