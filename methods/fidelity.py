@@ -1,7 +1,7 @@
 """What the pruning methods share: the resource axis of a task's fidelity.
 
 Tasks with a fidelity report the upper metric at fractions of the lower-level solve
-(:attr:`diffhpo.tasks.base.Task.fidelity`); the runner stores them as Optuna intermediate
+(:attr:`diffhpo.tasks.base.Task.has_fidelity`); the runner stores them as Optuna intermediate
 values at step ``round(fraction x 1000)`` (:data:`diffhpo.bench.fidelity.FIDELITY_STEPS`), so
 a whole solve is 1,000 resource units and the first rung of successive halving and
 Hyperband is the task's first checkpoint.
