@@ -180,3 +180,27 @@ def test_learning_curves_are_exported_and_drawn(curves, tmp_path):
     assert len(lc) == sum(len(t.intermediate_values) for t in trials)  # every intermediate value
     assert set(lc.state) == {"COMPLETE", "PRUNED"} and set(lc.fraction) <= {0.25, 0.5, 0.75}
     assert written["curves_smoke_curves"].exists()
+
+
+@pytest.mark.parametrize("name", ["gmm-schedule", "mnist-schedule"])
+def test_schedule_tasks_report_checkpoints_without_changing_the_training(name, session_cache):
+    task = TASKS.get(name)("smoke")
+    assert task.has_fidelity
+    seen = []
+    with_report = task.evaluate(task.default_params(), 3, report=lambda f, v: seen.append((f, v)))
+    plain = task.evaluate(task.default_params(), 3)
+    assert with_report == plain  # checkpoints only sample: the trained network is the same
+    assert [round(f, 2) for f, _ in seen] == [round(f, 2) for f in task.config.checkpoints] or (
+        len(seen) == len({f for f, _ in seen}) and all(0 < f < 1 for f, _ in seen))
+    assert seen and all(v == v for _, v in seen)
+
+
+def test_a_schedule_task_stopped_at_a_checkpoint_costs_that_fraction(tmp_path):
+    run_matrix(RunSpec(tasks=["gmm-schedule"], methods=["sha"], seeds=[0], profile="smoke", out=tmp_path,
+                       progress=False, budget=6), log=lambda s: None)
+    trials = optuna.load_study(study_name="gmm-schedule.sha.smoke.seed0", storage=st.default_url(tmp_path)).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done and all(len(t.intermediate_values) == 3 for t in done)
+    for t in pruned:
+        assert t.user_attrs["cost"] == pytest.approx(max(t.intermediate_values) / FIDELITY_STEPS, abs=0.02)

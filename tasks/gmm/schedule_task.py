@@ -91,6 +91,9 @@ class GmmScheduleConfig(MixtureOptions):
     grad_clip: float = option(1.0, "gradient-norm clip (0: none)", ge=0)
     sample_steps: int = option(8, "DDIM steps (eta 0)", ge=1, le=1000)
     search_samples: int = option(2000, "samples per distance during the search", ge=2)
+    checkpoints: tuple = option((0.25, 0.5, 0.75), "fractions of a training where the distance is reported "
+                                "(intermediate values; pruning methods stop trials there)", gt=0, lt=1, nonempty=True)
+    checkpoint_samples: int = option(500, "samples per distance at a checkpoint (the distance costs n^2)", ge=2)
     final_samples: int = option(2000, "samples per distance in the final protocol", ge=2)
     bl_warmup: float = option(0.5, "single loop: fraction of a training spent on z before q moves", ge=0, le=1)
     bl_inner_steps: int = option(30, "single loop: optimiser steps on y and z per outer iteration", ge=1)
@@ -110,6 +113,7 @@ class GmmScheduleTask(ScheduleSpace, Task):
                    "mixture (DDIM, energy distance to the exact mixture)")
     cost_unit = "full trainings"
     default_seeds = 10  # about 1.5 s per evaluation: ten seeds separate methods from noise
+    has_fidelity = True  # the distance at the profile's checkpoints of each training
     profiles = {
         "smoke": GmmScheduleConfig(width=32, depth=2, train_steps=40, batch_size=64, search_samples=200,
                                    final_samples=200, bl_inner_steps=3, bl_zo_directions=1, bl_zo_samples=100,
@@ -220,20 +224,29 @@ class GmmScheduleTask(ScheduleSpace, Task):
         y, yy = self._reference(int(seed), int(self.config.search_samples))
         return energy_distance(x, y, y_self=yy)
 
-    def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
-        """One full training (cosine learning-rate decay to 0 at its end)."""
+    def train_full(self, sched: S.Schedule, seed: int, on_checkpoint=None) -> tuple[torch.nn.Module, float]:
+        """One full training (cosine learning-rate decay to 0 at its end); ``on_checkpoint(fraction,
+        net)`` at the profile's checkpoints, if given."""
         net = self.build_net(seed)
         spec = dataclasses.replace(self.optim_spec, decay_steps=self.train_steps)
-        losses = tr.train(net, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps))
+        losses = tr.train_checkpointed(net, sched.alphabar.float(), self.new_stream(seed), spec, self.train_steps,
+                                       checkpoints=self.config.checkpoints, on_checkpoint=on_checkpoint)
         tail = losses[-max(1, len(losses) // 10):]
         return net, float(sum(tail) / len(tail))
 
     # -- evaluation ----------------------------------------------------------------------
-    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
-        """One full training under the schedule of ``params``, DDIM sampling, the distance."""
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False, report=None) -> dict[str, float]:
+        """One full training under the schedule of ``params``, DDIM sampling, the distance.
+        With ``report`` (search trials), the distance of ``checkpoint_samples`` samples at each of
+        the profile's ``checkpoints`` is reported on the way; a pruning method may stop it."""
         with one_thread():
             sched = self.schedule_of(params)
-            net, loss = self.train_full(sched, seed)
+
+            def at_checkpoint(fraction: float, net: torch.nn.Module) -> None:
+                n = int(self.config.checkpoint_samples)
+                report(fraction, self.upper_metrics(net, sched, n, self.noise_seed(seed), seed)["distance"])
+
+            net, loss = self.train_full(sched, seed, on_checkpoint=at_checkpoint if report is not None else None)
             n = self.config.final_samples if final else self.config.search_samples
             out = self.upper_metrics(net, sched, n, self.noise_seed(seed), seed)
         out.update(alphabar_T=sched.alphabar_T, train_loss=loss)
@@ -252,8 +265,9 @@ class GmmScheduleTask(ScheduleSpace, Task):
 
 
 def _evaluation_settings(config: dict) -> dict:
-    """The settings an evaluation depends on (not the budget, not the single loop's)."""
-    return {k: v for k, v in config.items() if k != "budget" and not k.startswith("bl_")}
+    """The settings an evaluation's final value depends on (not the budget, the single loop's
+    or the checkpoints', which only add intermediate values)."""
+    return {k: v for k, v in config.items() if k not in ("budget", "checkpoints", "checkpoint_samples") and not k.startswith("bl_")}
 
 
 def reference(profile: str) -> dict | None:

@@ -132,6 +132,12 @@ class MnistScheduleConfig:
     bl_qgrad_batch: int = option(256, "batch of the analytic grad_q L_SM (same batch for y and z)", ge=1)
     bl_upper_batch: int = option(32, "images of the differentiable DDIM chain of y's upper-level step", ge=1)
     bl_upper_ratio: float = option(0.1, "upper-level part of y's step / lower-level part, at iteration 0", gt=0)
+    # fidelity (pruning methods): FID of a small sample at these fractions of a training
+    checkpoints: tuple = option((0.25, 0.5, 0.75), "fractions of a training where FID is reported "
+                                "(intermediate values; pruning methods stop trials there)", gt=0, lt=1, nonempty=True)
+    checkpoint_samples: int = option(128, "images per FID at a checkpoint", ge=2)
+    final_repeats: int = option(1, "final-protocol trainings on independent seeds (mean and spread reported)",
+                                ge=1, le=20)
     budget: float = option(4.0, "full trainings per cell (every method)", gt=0, le=1e6)
 
     def rules(self):
@@ -166,6 +172,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
     name = "mnist-schedule"
     description = "noise-schedule optimisation while training an MNIST diffusion model (UNet2DModel, DDIM, FID)"
     cost_unit = "full trainings"
+    has_fidelity = True  # FID at the profile's checkpoints of each training
     offline = True
     profiles = {"smoke": SMOKE, "quick": QUICK, "paper": PAPER}
     #: The default grid (:class:`..schedule_space.ScheduleSpace`) varies the two most
@@ -310,14 +317,15 @@ class MnistScheduleTask(ScheduleSpace, Task):
             self._surrogate = FeatureSurrogate(self)
         return self._surrogate(net, sched, seed, k)
 
-    def train_full(self, sched: S.Schedule, seed: int) -> tuple[torch.nn.Module, float]:
+    def train_full(self, sched: S.Schedule, seed: int, on_checkpoint=None) -> tuple[torch.nn.Module, float]:
         """One full training under ``sched`` from the initialisation of ``seed``: the
-        network to sample (the EMA copy when enabled) and the mean loss of the last steps."""
+        network to sample (the EMA copy when enabled) and the mean loss of the last steps;
+        ``on_checkpoint(fraction, net)`` at the profile's checkpoints, if given."""
         model = self.build_net(seed)
         spec = self.full_training_spec
         ema = tr.EMA(model, spec.ema_decay) if spec.ema_decay > 0 else None
-        losses = tr.train(model, sched.alphabar.float(), self.new_stream(seed), spec, range(self.train_steps),
-                          ema=ema)
+        losses = tr.train_checkpointed(model, sched.alphabar.float(), self.new_stream(seed), spec, self.train_steps,
+                                       ema=ema, checkpoints=self.config.checkpoints, on_checkpoint=on_checkpoint)
         tail = losses[-max(1, len(losses) // 10):]
         return (ema.model if ema is not None else model), float(sum(tail) / len(tail))
 
@@ -343,11 +351,19 @@ class MnistScheduleTask(ScheduleSpace, Task):
         return derive_seed(seed, SAMPLE_NOISE)
 
     # -- evaluation ----------------------------------------------------------------------
-    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False) -> dict[str, float]:
-        """One full training under the schedule of ``params``, then sampling and the metrics."""
+    def evaluate(self, params: Mapping[str, Any], seed: int, *, final: bool = False, report=None) -> dict[str, float]:
+        """One full training under the schedule of ``params``, then sampling and the metrics.
+        With ``report`` (search trials of the runner), FID of ``checkpoint_samples`` images
+        at each of the profile's ``checkpoints`` of the training is reported on the way (the
+        same generation noise as the final sample); a pruning method may stop it there."""
         with self._threads():
             sched = self.schedule_of(params)
-            net, loss = self.train_full(sched, seed)
+
+            def at_checkpoint(fraction: float, net: torch.nn.Module) -> None:
+                images = self.generate(net, sched, int(self.config.checkpoint_samples), self.noise_seed(seed))
+                report(fraction, self.fidelity(images, seed)["fid"])
+
+            net, loss = self.train_full(sched, seed, on_checkpoint=at_checkpoint if report is not None else None)
             n = self.config.final_samples if final else self.config.search_samples
             images = self.generate(net, sched, n, self.noise_seed(seed))
             out = self.fidelity(images, seed)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +209,35 @@ def train(
         loss = denoising_loss(model, x0, t, eps, alphabar)
         optimizer_step(model, opt, spec, step, loss, ema)
         losses.append(loss.item())
+    return losses
+
+
+def train_checkpointed(
+    model,
+    alphabar: torch.Tensor,
+    stream: BatchStream,
+    spec: OptimSpec,
+    total_steps: int,
+    *,
+    ema: EMA | None = None,
+    checkpoints: Sequence[float] = (),
+    on_checkpoint: Callable[[float, torch.nn.Module], None] | None = None,
+) -> list[float]:
+    """:func:`train` over ``range(total_steps)``, stopping at each checkpoint (a fraction of
+    the training) to call ``on_checkpoint(fraction, network)`` with the network to sample
+    (the EMA copy when enabled). The steps, batches and optimiser state are those of one
+    uninterrupted :func:`train` call: a checkpoint only samples, so the trained weights are
+    the same with or without checkpoints. ``fraction`` is the measured progress
+    (steps done / total steps): a trial stopped there costs that fraction of a training."""
+    opt = make_optimizer(model, spec)
+    ends = sorted({int(round(f * total_steps)) for f in checkpoints} - {0, total_steps}) if on_checkpoint else []
+    losses: list[float] = []
+    start = 0
+    for end in [*ends, total_steps]:
+        losses += train(model, alphabar, stream, spec, range(start, end), opt=opt, ema=ema)
+        start = end
+        if end < total_steps:
+            on_checkpoint(end / total_steps, ema.model if ema is not None else model)
     return losses
 
 
