@@ -278,7 +278,9 @@ def prepare_cell(
     ctx = MethodContext(task=task, search_space=space, grid=task.default_grid_for(method.space) or {}, seed=seed,
                         budget=budget, options=options)
     sampler = method.make_sampler(ctx)
-    pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else None
+    # No pruner: NopPruner, not create_study's default (MedianPruner would stop the trials of
+    # every method on a task that reports intermediate values).
+    pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     attrs = _cell_attrs(task, method_name, seed, budget, time_budget, options)

@@ -204,3 +204,11 @@ def test_a_schedule_task_stopped_at_a_checkpoint_costs_that_fraction(tmp_path):
     assert done and all(len(t.intermediate_values) == 3 for t in done)
     for t in pruned:
         assert t.user_attrs["cost"] == pytest.approx(max(t.intermediate_values) / FIDELITY_STEPS, abs=0.02)
+
+
+def test_methods_without_a_pruner_never_prune(curves, tmp_path):
+    run_matrix(_spec(tmp_path, ["random", "tpe", "grid"]), log=lambda s: None)
+    for method in ("random", "tpe", "grid"):
+        trials = _trials(tmp_path, method)
+        assert trials and not [t for t in trials if t.state == TrialState.PRUNED], method
+        assert all(len(t.intermediate_values) == 3 for t in trials if t.state == TrialState.COMPLETE)
