@@ -169,8 +169,12 @@ def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     """One panel per method: each trial's intermediate values against the fraction of the
     lower-level solve; trials a pruner stopped are faded, completed ones drawn solid."""
     methods = sorted(curves.method.unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    cols = min(4, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
         for (_, _, number), c in curves[curves.method == method].groupby(["seed", "profile", "number"]):
             pruned = c.state.iloc[0] == "PRUNED"
             ax.plot(c.fraction, c.value, marker=".", lw=0.8, color="0.6" if pruned else "C0",
@@ -178,7 +182,8 @@ def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("fraction of the lower-level solve")
         ax.set_xlim(0, 1)
-    axes[0][0].set_ylabel("upper metric")
+    for row in axes:
+        row[0].set_ylabel("upper metric")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
