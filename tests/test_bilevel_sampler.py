@@ -44,16 +44,33 @@ def test_maximisation_ascends():
     assert study.sampler.current_params(study)["x"] == pytest.approx(2.0, abs=0.05)
 
 
-def test_zeroth_order_fallback_converges():
-    sampler = BilevelSampler(SPACE, seed=1, mode="auto")
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_zeroth_order_fallback_converges(scheme):
+    sampler = BilevelSampler(SPACE, seed=1, mode="auto", zo_scheme=scheme)
     study = optuna.create_study(sampler=sampler)
     study.optimize(lambda t: objective(t, with_grad=False), n_trials=160)
     p = sampler.current_params(study)
     assert p["x"] == pytest.approx(TARGET["x"], abs=0.2)
     assert p["y"] == pytest.approx(TARGET["y"], rel=0.2)
     slots = [t.system_attrs["bilevel:slot"] for t in study.trials]
-    # "auto": the first trial probes for a hypergradient at x_0, then the pairs x_0 +/- delta u_d
-    assert slots[:5] == [[0, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, 1, -1]]
+    if scheme == "central":
+        # "auto": the first trial probes for a hypergradient at x_0, then the pairs x_0 +/- delta u_d
+        assert slots[:5] == [[0, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, 1, -1]]
+    else:
+        # the probe at x_0 is the centre value F(x_0); then one forward point per direction,
+        # then the candidate step of iteration 1
+        assert slots[:4] == [[0, 0, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]]
+
+
+def test_forward_scheme_iterate_is_the_best_centre():
+    """Rejected steps leave the iterate where it was: it is the best candidate evaluated."""
+    sampler = BilevelSampler(SPACE, seed=2, mode="zo")
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: objective(t, with_grad=False), n_trials=40)
+    centres = [t for t in study.trials if t.system_attrs["bilevel:slot"][1:] == [0, 0]]
+    best = min(centres, key=lambda t: t.value)
+    assert sampler.current_params(study) == pytest.approx(best.params)
+    assert best.value < centres[0].value
 
 
 def test_zeroth_order_estimate_is_unbiased_on_a_quadratic():
