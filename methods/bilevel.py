@@ -272,11 +272,13 @@ class BilevelSampler(BaseSampler):
     def _replay_forward(self, coords: _Coords, done: dict, sign: float) -> _State:
         dim = len(coords.names)
         n_dirs = min(self.zo_directions, dim)
+        policy = getattr(self, "_mirror_policy", "hybrid")
         x = coords.u0.copy()
         fx = np.inf
         x_eval = x  # the point F(x) was measured at (x rounded to the parameters' steps)
         g = np.zeros(dim)
         h = self.zo_step
+        last: tuple[int, np.ndarray, bool] | None = None  # (iteration, directions, one-sided) of the last estimate at x
         k = 0
         while True:
             cand = x if k == 0 else np.clip(x - h * g / np.linalg.norm(g), 0.0, 1.0)
@@ -284,31 +286,46 @@ class BilevelSampler(BaseSampler):
             if t is None:
                 return _State(k, x, "zo", {(0, 0): cand})
             f = sign * float(t.value)
+            estimate = None
             if k == 0 or f < fx:
                 if k > 0:
                     h = min(h * ZO_GROW, self.zo_step_max)
                 x, fx, x_eval = cand, f, coords.unit(t.params)
-                fresh = True
+                estimate = "new"
             else:
                 h *= ZO_SHRINK
-                fresh = h < self.zo_delta
-                if fresh:
+                if h < self.zo_delta:
                     h = self.zo_step
-            if fresh:
-                dirs = orthonormal_directions(self.seed, k, n_dirs, dim)
-                points = {}
-                for d in range(n_dirs):
-                    p = x + self.zo_delta * dirs[d]
-                    if np.any((p < 0) | (p > 1)):  # step inwards at the boundary
-                        p = x - self.zo_delta * dirs[d]
-                    points[(d, 1)] = np.clip(p, 0.0, 1.0)
+                    mirror = policy == "hybrid" and last is not None and last[2]
+                    estimate = "mirror" if mirror else "new"
+            if estimate is not None:
+                if estimate == "new":
+                    dirs = orthonormal_directions(self.seed, k, n_dirs, dim)
+                    points = {}
+                    for d in range(n_dirs):
+                        p = x + self.zo_delta * dirs[d]
+                        if np.any((p < 0) | (p > 1)):  # step inwards at the boundary
+                            p = x - self.zo_delta * dirs[d]
+                        points[(d, 1)] = np.clip(p, 0.0, 1.0)
+                        if policy == "central":
+                            points[(d, -1)] = np.clip(2 * x - p, 0.0, 1.0)
+                    rows = [(k, d, s) for d, s in points]
+                    last = (k, dirs, policy != "central")
+                else:  # mirror the last one-sided estimate's points through x
+                    k0, dirs, _ = last
+                    points = {
+                        (d, -1): np.clip(2 * x_eval - coords.unit(done[(k0, d, 1)].params), 0.0, 1.0)
+                        for d in range(len(dirs))
+                    }
+                    rows = [(k0, d, 1) for d in range(len(dirs))] + [(k, d, s) for d, s in points]
+                    last = (k, dirs, False)
                 missing = {p: v for p, v in points.items() if (k, *p) not in done}
                 if missing:
                     return _State(k, x, "zo", missing)
-                V = np.stack([coords.unit(done[(k, d, 1)].params) - x_eval for d in range(n_dirs)])
-                fp = [sign * float(done[(k, d, 1)].value) for d in range(n_dirs)]
+                V = np.stack([coords.unit(done[r].params) - x_eval for r in rows])
+                fp = [sign * float(done[r].value) for r in rows]
                 g = forward_estimate(V, fp, fx)
-            if not np.linalg.norm(g) > 0:  # flat (or not finite): probe along new directions
+            if not np.linalg.norm(g) > 0:  # flat (or not finite): probe along a new direction
                 g = orthonormal_directions(self.seed, k + 1, 1, dim)[0]
             k += 1
 
