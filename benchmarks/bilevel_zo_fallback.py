@@ -123,6 +123,11 @@ def methods(problem: Problem, variants: bool) -> dict[str, Callable[[int], optun
             out[f"zo-forward zo_step={h}"] = bilevel(problem, zo_step=h)
         out["zo-forward zo_step_max=0.25"] = bilevel(problem, zo_step_max=0.25)
         out["zo-central directions=1"] = bilevel(problem, zo_scheme="central", zo_directions=1)
+        def halving(seed):
+            s = bilevel(problem)(seed)
+            s._interpolate = False
+            return s
+        out["zo-forward halving"] = halving
         for policy in ("never", "central"):
             def make(seed, policy=policy):
                 s = bilevel(problem)(seed)

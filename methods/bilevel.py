@@ -293,7 +293,7 @@ class BilevelSampler(BaseSampler):
                 x, fx, x_eval = cand, f, coords.unit(t.params)
                 estimate = "new"
             else:
-                h *= ZO_SHRINK
+                h = self._backtrack(h, fx, f, float(np.linalg.norm(g)))
                 if h < self.zo_delta:
                     h = self.zo_step
                     mirror = policy == "hybrid" and last is not None and last[2]
@@ -328,6 +328,18 @@ class BilevelSampler(BaseSampler):
             if not np.linalg.norm(g) > 0:  # flat (or not finite): probe along a new direction
                 g = orthonormal_directions(self.seed, k + 1, 1, dim)[0]
             k += 1
+
+    def _backtrack(self, h: float, fx: float, f: float, slope: float) -> float:
+        """The next step length after a rejected step of length ``h``: the minimiser of the
+        parabola through F(x), the estimated slope -|g| and F(x - h d) (quadratic
+        interpolation, Nocedal & Wright, "Numerical Optimization", section 3.5), kept in
+        [0.1 h, 0.5 h]; h / 2 (``ZO_SHRINK``) under ``interpolate=False`` or without a finite
+        curvature."""
+        if getattr(self, "_interpolate", True):
+            curvature = (f - fx + slope * h) / (h * h)
+            if np.isfinite(curvature) and curvature > 0:
+                return float(np.clip(slope / (2 * curvature), 0.1 * h, ZO_SHRINK * h))
+        return h * ZO_SHRINK
 
     def current_params(self, study: Study) -> dict[str, Any]:
         """The current iterate: the method's output once the budget is spent."""
@@ -415,8 +427,9 @@ class BilevelSampler(BaseSampler):
         return all(np.isclose(float(trial.params[n]), float(v), rtol=1e-9, atol=1e-12) for n, v in expected.items())
 
     def oracle_context(self, study: Study, trial: optuna.Trial) -> OracleContext:
-        """Iteration and penalty weight for the oracle call of ``trial``."""
-        slot = study._storage.get_trial_system_attrs(trial._trial_id)[SLOT_KEY]
+        """Iteration and penalty weight for the oracle call of ``trial`` (iteration 0 for a
+        trial sampled independently: the first trial of a study whose space is inferred)."""
+        slot = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_KEY, [0])
         k = int(slot[0])
         return OracleContext(iteration=k, gamma=self.gamma(k))
 
