@@ -133,6 +133,26 @@ class _Coords:
     def unit(self, params: Mapping[str, Any]) -> np.ndarray:
         return np.array([self.normalise(n, params[n]) for n in self.names])
 
+    def snapped(self, u: np.ndarray) -> np.ndarray:
+        """``u`` moved to the point it stands for (clipped, rounded to the steps)."""
+        return self.unit(self.params(u))
+
+    def resolution(self, u: np.ndarray) -> np.ndarray:
+        """Normalised length of one grid step at ``u`` per coordinate (0 without a step)."""
+        out = np.zeros(len(self.names))
+        p = self.params(u)
+        for i, n in enumerate(self.names):
+            dist, width = self.space[n], self.box[i, 1] - self.box[i, 0]
+            step = getattr(dist, "step", None)
+            if step is None:
+                continue
+            if sp.is_log(dist):  # integer log scale: step 1 at the current value
+                v = max(float(p[n]), dist.low)
+                out[i] = (np.log(v + step) - np.log(v)) / width
+            else:
+                out[i] = step / width
+        return out
+
     def params(self, u: np.ndarray) -> dict[str, Any]:
         u = np.clip(u, 0.0, 1.0)
         internal = self.box[:, 0] + u * (self.box[:, 1] - self.box[:, 0])
@@ -273,56 +293,70 @@ class BilevelSampler(BaseSampler):
         dim = len(coords.names)
         n_dirs = min(self.zo_directions, dim)
         policy = getattr(self, "_mirror_policy", "hybrid")
-        x = coords.u0.copy()
+        x = coords.u0.copy()  # the iterate: the last accepted point, as evaluated (rounded to steps)
         fx = np.inf
-        x_eval = x  # the point F(x) was measured at (x rounded to the parameters' steps)
         g = np.zeros(dim)
-        h = self.zo_step
-        last: tuple[int, np.ndarray, bool] | None = None  # (iteration, directions, one-sided) of the last estimate at x
+        h = h_ok = self.zo_step  # step length; length of the last accepted step
+        last: tuple[int, np.ndarray, bool] | None = None  # (iteration, directions, one-sided) of the last estimate
+
+        def restart() -> tuple[str, float]:
+            """Backtracking failed: a new estimate at x (central differences by mirroring the
+            last one-sided points, else new directions), from the last accepted length."""
+            mirror = policy == "hybrid" and last is not None and last[2]
+            reset = self.zo_step if getattr(self, "_reset", "last") == "initial" else max(h_ok, 2 * self.zo_delta)
+            return ("mirror" if mirror else "new"), reset
+
         k = 0
         while True:
-            cand = x if k == 0 else np.clip(x - h * g / np.linalg.norm(g), 0.0, 1.0)
-            t = done.get((k, 0, 0))
-            if t is None:
-                return _State(k, x, "zo", {(0, 0): cand})
-            f = sign * float(t.value)
             estimate = None
-            if k == 0 or f < fx:
-                if k > 0:
-                    h = min(h * ZO_GROW, self.zo_step_max)
-                x, fx, x_eval = cand, f, coords.unit(t.params)
-                estimate = "new"
-            else:
-                h = self._backtrack(h, fx, f, float(np.linalg.norm(g)))
-                if h < self.zo_delta:
-                    h = self.zo_step
-                    mirror = policy == "hybrid" and last is not None and last[2]
-                    estimate = "mirror" if mirror else "new"
+            cand = x if k == 0 else None
+            if k > 0:  # the step, shortened while it rounds to x itself (it would be wasted)
+                while h >= self.zo_delta:
+                    c = np.clip(x - h * g / np.linalg.norm(g), 0.0, 1.0)
+                    if not np.allclose(coords.snapped(c), x, rtol=0, atol=1e-12):
+                        cand = c
+                        break
+                    h *= ZO_SHRINK
+                if cand is None:
+                    estimate, h = restart()
+            if cand is not None:
+                t = done.get((k, 0, 0))
+                if t is None:
+                    return _State(k, x, "zo", {(0, 0): cand})
+                f = sign * float(t.value)
+                if k == 0 or f < fx:
+                    if k > 0:
+                        h_ok, h = h, min(h * ZO_GROW, self.zo_step_max)
+                    x, fx = coords.unit(t.params), f
+                    estimate = "new"
+                else:
+                    h = self._backtrack(h, fx, f, float(np.linalg.norm(g)))
+                    if h < self.zo_delta:
+                        estimate, h = restart()
+            if estimate == "new":
+                dirs = orthonormal_directions(self.seed, k, n_dirs, dim)
+                radius = np.maximum(self.zo_delta, coords.resolution(x))  # at least one grid step
+                points = {}
+                for d in range(n_dirs):
+                    p = x + radius * dirs[d]
+                    if np.any((p < 0) | (p > 1)):  # step inwards at the boundary
+                        p = x - radius * dirs[d]
+                    points[(d, 1)] = np.clip(p, 0.0, 1.0)
+                    if policy == "central":
+                        points[(d, -1)] = np.clip(2 * x - p, 0.0, 1.0)
+                rows = [(k, d, s) for d, s in points]
+                last = (k, dirs, policy != "central")
+            elif estimate == "mirror":  # the last one-sided estimate's points, mirrored through x
+                k0, dirs, _ = last
+                points = {(d, -1): np.clip(2 * x - coords.unit(done[(k0, d, 1)].params), 0.0, 1.0)
+                          for d in range(len(dirs))}
+                rows = [(k0, d, 1) for d in range(len(dirs))] + [(k, d, s) for d, s in points]
+                last = (k, dirs, False)
             if estimate is not None:
-                if estimate == "new":
-                    dirs = orthonormal_directions(self.seed, k, n_dirs, dim)
-                    points = {}
-                    for d in range(n_dirs):
-                        p = x + self.zo_delta * dirs[d]
-                        if np.any((p < 0) | (p > 1)):  # step inwards at the boundary
-                            p = x - self.zo_delta * dirs[d]
-                        points[(d, 1)] = np.clip(p, 0.0, 1.0)
-                        if policy == "central":
-                            points[(d, -1)] = np.clip(2 * x - p, 0.0, 1.0)
-                    rows = [(k, d, s) for d, s in points]
-                    last = (k, dirs, policy != "central")
-                else:  # mirror the last one-sided estimate's points through x
-                    k0, dirs, _ = last
-                    points = {
-                        (d, -1): np.clip(2 * x_eval - coords.unit(done[(k0, d, 1)].params), 0.0, 1.0)
-                        for d in range(len(dirs))
-                    }
-                    rows = [(k0, d, 1) for d in range(len(dirs))] + [(k, d, s) for d, s in points]
-                    last = (k, dirs, False)
                 missing = {p: v for p, v in points.items() if (k, *p) not in done}
                 if missing:
                     return _State(k, x, "zo", missing)
-                V = np.stack([coords.unit(done[r].params) - x_eval for r in rows])
+                V = np.stack([coords.unit(done[r].params) - x for r in rows])
                 fp = [sign * float(done[r].value) for r in rows]
                 g = forward_estimate(V, fp, fx)
             if not np.linalg.norm(g) > 0:  # flat (or not finite): probe along a new direction

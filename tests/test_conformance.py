@@ -16,6 +16,7 @@ reasons are in the ``SKIP`` tables below.
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -222,3 +223,104 @@ class TestDefaultSampler(_SkipTable, BasicSamplerTestCase, RelativeSamplerTestCa
                     "for a FloatDistribution (Optuna returns float); methods/default.py should return "
                     "dist.to_external_repr(dist.to_internal_repr(value))")
         return None
+
+
+# --- what the suite does not check directly -----------------------------------------------------
+
+
+def test_bilevel_unknown_categorical_and_conditional_parameters_fall_back_to_independent_sampling():
+    """Built with a space of {x}: x follows the trajectory; a categorical, a parameter unknown
+    when it was built and a conditional one are drawn independently (seeded by trial number)."""
+    space = {"x": FloatDistribution(-5, 5)}
+
+    def objective(trial):
+        x = trial.suggest_float("x", -5, 5)
+        c = trial.suggest_categorical("c", ["a", "b", "c"])
+        w = trial.suggest_float("w", 0, 1)
+        if c == "a":
+            trial.suggest_int("only_a", 0, 3)
+        trial.set_user_attr("hypergrad", {"x": 2 * (x - 1)})
+        return (x - 1) ** 2 + w
+
+    runs = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=BilevelSampler(space, seed=3))
+        study.optimize(objective, n_trials=30)
+        runs.append(study)
+    study = runs[0]
+    assert all(t.system_attrs["bilevel:slot"][0] == i for i, t in enumerate(study.trials))
+    assert study.sampler.current_params(study)["x"] == pytest.approx(1.0, abs=0.05)
+    assert {t.params["c"] for t in study.trials} == {"a", "b", "c"}
+    assert len({round(t.params["w"], 9) for t in study.trials}) == 30  # not moved: independent draws
+    assert [t.params for t in runs[0].trials] == [t.params for t in runs[1].trials]  # seeded
+
+
+def test_bilevel_partial_fixed_sampling_moves_only_the_handed_subset():
+    def objective(trial):
+        x = trial.suggest_float("x", -1, 1)
+        y = trial.suggest_int("y", -1, 1)
+        trial.set_user_attr("hypergrad", {"x": 2 * (x - 0.5), "y": 1.0})
+        return (x - 0.5) ** 2 + y
+
+    study = optuna.create_study(sampler=BilevelSampler(seed=0))
+    study.optimize(objective, n_trials=3)
+    study.sampler = optuna.samplers.PartialFixedSampler({"y": 1}, study.sampler)
+    study.optimize(objective, n_trials=25)
+    fixed = study.trials[3:]
+    assert all(t.params["y"] == 1 for t in fixed)
+    tags = {t.system_attrs["bilevel:space"] for t in fixed}
+    assert len(tags) == 1 and tags != {study.trials[2].system_attrs["bilevel:space"]}  # its own trajectory
+    assert [t.system_attrs["bilevel:slot"][0] for t in fixed] == list(range(len(fixed)))
+    assert fixed[0].params["x"] == 0.0  # it starts at the centre of x's range
+    assert fixed[-1].params["x"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize("mode", ["oracle", "zo"])
+def test_bilevel_steps_integers_and_single_values(mode):
+    """Values are members of their distributions (steps, integers, a single value) and the
+    search still converges on the grid."""
+
+    def objective(trial):
+        a = trial.suggest_float("a", -3, 3, step=0.25)
+        n = trial.suggest_int("n", 0, 20, step=2)
+        m = trial.suggest_int("m", 1, 1000, log=True)
+        one = trial.suggest_float("one", 2.0, 2.0)
+        assert one == 2.0
+        trial.set_user_attr("hypergrad", {"a": 2 * (a - 1.25), "n": 2 * (n - 8), "m": 2 * np.log(m / 30) / m})
+        return (a - 1.25) ** 2 + (n - 8) ** 2 / 10 + np.log(m / 30) ** 2
+
+    study = optuna.create_study(sampler=BilevelSampler(seed=1, mode=mode))
+    study.optimize(objective, n_trials=80)
+    for t in study.trials:
+        assert (t.params["a"] + 3) / 0.25 == pytest.approx(round((t.params["a"] + 3) / 0.25))
+        assert isinstance(t.params["n"], int) and t.params["n"] % 2 == 0 and isinstance(t.params["m"], int)
+    p = study.sampler.current_params(study)
+    assert set(p) == {"a", "n", "m"}  # the single value is not a coordinate
+    assert abs(p["a"] - 1.25) <= 0.25 and abs(p["n"] - 8) <= 2 and 15 <= p["m"] <= 60
+
+
+def test_bilevel_refuses_a_multi_objective_study_with_one_clear_error():
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=BilevelSampler(seed=0))
+    with pytest.raises(ValueError, match="single-objective studies only"):
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), 0.0), n_trials=1)
+
+
+@pytest.mark.parametrize("mode", ["oracle", "zo"])
+def test_bilevel_with_inferred_space_resumes_from_storage(tmp_path, mode):
+    """Without a search space too, a fresh sampler on the stored trials continues the same
+    trajectory as one uninterrupted run."""
+
+    def objective(trial):
+        x = trial.suggest_float("x", -5, 5)
+        y = trial.suggest_float("y", 1e-2, 1e2, log=True)
+        trial.set_user_attr("hypergrad", {"x": 2 * (x - 1), "y": 2 * np.log(y) / y})
+        return (x - 1) ** 2 + np.log(y) ** 2
+
+    ref = optuna.create_study(sampler=BilevelSampler(seed=0, mode=mode))
+    ref.optimize(objective, n_trials=16)
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    first = optuna.create_study(storage=url, study_name="s", sampler=BilevelSampler(seed=0, mode=mode))
+    first.optimize(objective, n_trials=7)
+    again = optuna.load_study(storage=url, study_name="s", sampler=BilevelSampler(seed=0, mode=mode))
+    again.optimize(objective, n_trials=9)
+    assert [t.params for t in again.trials] == [t.params for t in ref.trials]
