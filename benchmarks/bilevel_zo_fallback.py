@@ -17,9 +17,10 @@ would evaluate: random and TPE their best trial, bilevel its last iterate):
 
 Methods: ``random`` and ``tpe`` as built by ``diffhpo.methods`` (``TrialSeeded``,
 TPE multivariate with ``max(2, min(10, budget // 4))`` start-up trials), ``zo-central``
-(the previous fallback: method.md's two-point pairs, 2 Gaussian directions, rprop steps)
-and ``zo-forward`` (the current default; see ``diffhpo.methods.bilevel``), plus the
-variants named with ``--variants``.
+(the previous fallback, ``zo_scheme="central"``: method.md's two-point pairs, 2 Gaussian
+directions, rprop steps) and ``zo-forward`` (the current default; see
+``diffhpo.methods.bilevel``), plus, with ``--variants``, the forward scheme with other
+values of its options (``zo_directions``, ``zo_step``, ``zo_step_max``, ``zo_central``).
 
     python benchmarks/bilevel_zo_fallback.py [--seeds 20] [--variants]
 
@@ -30,7 +31,6 @@ the fraction of seeds on which the method beats random search.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import Any, Callable
 
@@ -116,24 +116,14 @@ def methods(problem: Problem, variants: bool) -> dict[str, Callable[[int], optun
         "zo-forward (default)": bilevel(problem),
     }
     if variants:
-        def private(**attrs):  # settings that are not options: the alternatives measured against the default
-            def make(seed):
-                s = bilevel(problem)(seed)
-                for k, v in attrs.items():
-                    setattr(s, k, v)
-                return s
-            return make
-
         dim = len(problem.space)
         for d in sorted({1, dim} - {2}):
-            out[f"zo-forward directions={d}"] = bilevel(problem, zo_directions=d)
+            out[f"zo-forward zo_directions={d}"] = bilevel(problem, zo_directions=d)
         for h in (0.1, 0.3):
             out[f"zo-forward zo_step={h}"] = bilevel(problem, zo_step=h)
         out["zo-forward zo_step_max=0.25"] = bilevel(problem, zo_step_max=0.25)
-        out["zo-forward: halve on rejection (no interpolation)"] = private(_interpolate=False)
-        out["zo-forward: restart from zo_step"] = private(_reset="initial")
-        out["zo-forward: never central"] = private(_mirror_policy="never")
-        out["zo-forward: always central"] = private(_mirror_policy="central")
+        out["zo-forward zo_central=never"] = bilevel(problem, zo_central="never")
+        out["zo-forward zo_central=always"] = bilevel(problem, zo_central="always")
     return out
 
 

@@ -29,20 +29,32 @@ estimator"; :mod:`.zeroth_order`). Two schemes (option ``zo_scheme``):
   (``zo_step`` at first). If ``F(c_k) < F(x)`` the step is accepted (``x = c_k``, ``h``
   doubles up to ``zo_step_max``) and the gradient is estimated at the new ``x`` from one
   one-sided difference per direction along ``zo_directions`` orthonormal random
-  directions of radius ``zo_delta``, reusing ``F(x)``; otherwise the step is rejected
-  (``x`` stays, ``h`` halves, the old direction is kept: a backtracking line search at
-  the cost of one evaluation), and once ``h < zo_delta`` the gradient is estimated
-  afresh at ``x`` along new directions. Iteration 0 evaluates the start point. An
-  accepted step costs ``1 + zo_directions`` evaluations, a rejected one 1; the iterate is
-  always the best centre evaluated so far.
-* ``central``: method.md's two-point estimator: iteration k evaluates the pairs
+  directions (radius ``zo_delta``, at least one grid step of a stepped parameter),
+  reusing ``F(x)`` (:func:`.zeroth_order.forward_estimate`). Otherwise the step is
+  rejected: ``x`` stays, ``h`` halves and the direction is kept (a backtracking line
+  search, one evaluation per try; a step that rounds to ``x`` itself is shortened without
+  one). Once ``h < zo_delta`` the estimate is redone at ``x``: by default
+  (``zo_central="on-failure"``) the one-sided points are mirrored through ``x``, which
+  turns them into method.md's central differences (the curvature terms cancel), and after
+  a central estimate new directions are drawn; the step restarts from the last accepted
+  length. Iteration 0 evaluates the start point. An accepted step costs
+  ``1 + zo_directions`` evaluations, a rejected one 1; the iterate is always the best
+  centre evaluated so far.
+* ``central``: method.md's two-point estimator as before: iteration k evaluates the pairs
   ``x_k +/- zo_delta * u_d`` for ``zo_directions`` Gaussian directions and takes the
-  projected step above with ``g = mean_d [F(x+du_d) - F(x-du_d)] / (2 delta) u_d``
-  (``2 zo_directions`` evaluations per step, the centre never evaluated).
+  projected step of ``optimizer`` with ``g = mean_d [F(x+du_d) - F(x-du_d)] / (2 delta)
+  u_d`` (``2 zo_directions`` evaluations per step, the centre never evaluated).
 
-On a smooth 2-D problem with 20 evaluations the ``central`` scheme made 5 steps of at
-most 0.15 and ended worse than random search; ``forward`` measures every step it takes
-and adapts its length (``benchmarks/bilevel_zo_fallback.py`` prints the comparison).
+Why (``benchmarks/bilevel_zo_fallback.py``, 20 seeds, equal budgets): ``central`` makes
+5 rprop steps of at most 0.15 in 20 evaluations and never looks at F(x); on ``quadratic``
+with two weights it ended worse than random search on every seed. ``forward`` measures
+every step it takes, keeps only improvements and grows the step while they last. The
+central differences on failure are needed on curved valleys (Rosenbrock), where the
+one-sided estimate is dominated by its O(delta) curvature bias (``zo_central="never"``
+stays at the start point there). Halving beat quadratic-interpolation backtracking on
+Rosenbrock and under noise (interpolation won on ``quadratic`` with five weights), and
+``zo_step=0.2`` was the most even across the problems (0.1 wins on the noise-free 2-D
+ones, loses under noise).
 
 **Search space.** Given at construction (the runner does), or, with ``search_space=None``,
 inferred from the study as Optuna's relative samplers do (the intersection of the
@@ -190,6 +202,7 @@ class BilevelSampler(BaseSampler):
         zo_delta: float = 0.02,
         zo_step: float = 0.2,
         zo_step_max: float = 0.5,
+        zo_central: str = "on-failure",
         seed: int = 0,
     ) -> None:
         if mode not in ("auto", "oracle", "zo"):
@@ -198,6 +211,8 @@ class BilevelSampler(BaseSampler):
             raise ValueError("optimizer must be 'rprop', 'adam' or 'sgd'")
         if zo_scheme not in ("forward", "central"):
             raise ValueError("zo_scheme must be 'forward' or 'central'")
+        if zo_central not in ("on-failure", "never", "always"):
+            raise ValueError("zo_central must be 'on-failure', 'never' or 'always'")
         self._space = (
             {n: d for n, d in search_space.items() if sp.is_movable(d)} if search_space is not None else None
         )
@@ -207,7 +222,7 @@ class BilevelSampler(BaseSampler):
         self.step, self.step_max, self.step_min, self.lr = step, step_max, step_min, lr
         self.gamma0, self.gamma_growth, self.gamma_max = gamma0, gamma_growth, gamma_max
         self.zo_scheme, self.zo_directions, self.zo_delta = zo_scheme, int(zo_directions), zo_delta
-        self.zo_step, self.zo_step_max = zo_step, zo_step_max
+        self.zo_step, self.zo_step_max, self.zo_central = zo_step, zo_step_max, zo_central
         self.seed = seed
 
     # -- search space ----------------------------------------------------------------------
@@ -292,7 +307,7 @@ class BilevelSampler(BaseSampler):
     def _replay_forward(self, coords: _Coords, done: dict, sign: float) -> _State:
         dim = len(coords.names)
         n_dirs = min(self.zo_directions, dim)
-        policy = getattr(self, "_mirror_policy", "hybrid")
+        policy = self.zo_central
         x = coords.u0.copy()  # the iterate: the last accepted point, as evaluated (rounded to steps)
         fx = np.inf
         g = np.zeros(dim)
@@ -302,9 +317,8 @@ class BilevelSampler(BaseSampler):
         def restart() -> tuple[str, float]:
             """Backtracking failed: a new estimate at x (central differences by mirroring the
             last one-sided points, else new directions), from the last accepted length."""
-            mirror = policy == "hybrid" and last is not None and last[2]
-            reset = self.zo_step if getattr(self, "_reset", "last") == "initial" else max(h_ok, 2 * self.zo_delta)
-            return ("mirror" if mirror else "new"), reset
+            mirror = policy == "on-failure" and last is not None and last[2]
+            return ("mirror" if mirror else "new"), max(h_ok, 2 * self.zo_delta)
 
         k = 0
         while True:
@@ -330,7 +344,7 @@ class BilevelSampler(BaseSampler):
                     x, fx = coords.unit(t.params), f
                     estimate = "new"
                 else:
-                    h = self._backtrack(h, fx, f, float(np.linalg.norm(g)))
+                    h *= ZO_SHRINK
                     if h < self.zo_delta:
                         estimate, h = restart()
             if estimate == "new":
@@ -345,7 +359,7 @@ class BilevelSampler(BaseSampler):
                     if policy == "central":
                         points[(d, -1)] = np.clip(2 * x - p, 0.0, 1.0)
                 rows = [(k, d, s) for d, s in points]
-                last = (k, dirs, policy != "central")
+                last = (k, dirs, policy != "always")
             elif estimate == "mirror":  # the last one-sided estimate's points, mirrored through x
                 k0, dirs, _ = last
                 points = {(d, -1): np.clip(2 * x - coords.unit(done[(k0, d, 1)].params), 0.0, 1.0)
@@ -362,18 +376,6 @@ class BilevelSampler(BaseSampler):
             if not np.linalg.norm(g) > 0:  # flat (or not finite): probe along a new direction
                 g = orthonormal_directions(self.seed, k + 1, 1, dim)[0]
             k += 1
-
-    def _backtrack(self, h: float, fx: float, f: float, slope: float) -> float:
-        """The next step length after a rejected step of length ``h``: the minimiser of the
-        parabola through F(x), the estimated slope -|g| and F(x - h d) (quadratic
-        interpolation, Nocedal & Wright, "Numerical Optimization", section 3.5), kept in
-        [0.1 h, 0.5 h]; h / 2 (``ZO_SHRINK``) under ``interpolate=False`` or without a finite
-        curvature."""
-        if getattr(self, "_interpolate", True):
-            curvature = (f - fx + slope * h) / (h * h)
-            if np.isfinite(curvature) and curvature > 0:
-                return float(np.clip(slope / (2 * curvature), 0.1 * h, ZO_SHRINK * h))
-        return h * ZO_SHRINK
 
     def current_params(self, study: Study) -> dict[str, Any]:
         """The current iterate: the method's output once the budget is spent."""
@@ -520,6 +522,8 @@ class BilevelOptions:
     zo_delta: float = option(0.02, "zeroth-order fallback: difference radius in normalised coordinates", gt=0, le=0.5)
     zo_step: float = option(0.2, "forward scheme: first step length in normalised coordinates", gt=0, le=1)
     zo_step_max: float = option(0.5, "forward scheme: largest step length", gt=0, le=2)
+    zo_central: str = option("on-failure", "forward scheme: central differences (mirrored points) once "
+                             "backtracking fails, never, or always", choices=("on-failure", "never", "always"))
 
     def rules(self):
         yield self.step_min <= self.step <= self.step_max, "need step_min <= step <= step_max"
