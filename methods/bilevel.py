@@ -356,7 +356,7 @@ class BilevelSampler(BaseSampler):
                     if np.any((p < 0) | (p > 1)):  # step inwards at the boundary
                         p = x - radius * dirs[d]
                     points[(d, 1)] = np.clip(p, 0.0, 1.0)
-                    if policy == "central":
+                    if policy == "always":
                         points[(d, -1)] = np.clip(2 * x - p, 0.0, 1.0)
                 rows = [(k, d, s) for d, s in points]
                 last = (k, dirs, policy != "always")
