@@ -135,7 +135,7 @@ def main() -> None:
     t0 = time.perf_counter()
     print(f"regret = F(chosen) - min F, over seeds 0..{args.seeds - 1}; "
           "'beats random': share of seeds with lower regret than random search (same seed)\n")
-    print(f"| problem | method | median regret | 25%-75% | beats random |")
+    print("| problem | method | median regret | 25%-75% | beats random |")
     print("| --- | --- | --- | --- | --- |")
     for problem in problems():
         results = {name: np.array([run(problem, make, s) for s in range(args.seeds)])
