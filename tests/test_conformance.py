@@ -12,13 +12,22 @@ reasons are in the ``SKIP`` tables below.
 * ``TrialSeeded`` wrapping ``RandomSampler`` and ``TPESampler`` (multivariate).
 * ``_GridSampler`` (grid search): a grid sampler proposes points of its grid only.
 * ``DefaultSampler`` (the ``default`` baseline): proposes fixed parameters.
+* ``methods/botorch.py``'s BoTorch sampler (in ``TrialSeeded``): only with
+  ``DIFFHPO_CONFORMANCE_BOTORCH=1`` (its GP fits take 15-20 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import optuna
 import pytest
+from diffhpo.methods import space as sp
+from diffhpo.methods.bilevel import BilevelSampler
+from diffhpo.methods.default import DefaultSampler
+from diffhpo.methods.grid import _GridSampler
+from diffhpo.methods.seeding import TrialSeeded
 from optuna.distributions import FloatDistribution
 from optuna.testing.pytest_samplers import (
     BasicSamplerTestCase,
@@ -26,12 +35,6 @@ from optuna.testing.pytest_samplers import (
     RelativeSamplerTestCase,
     SingleOnlySamplerTestCase,
 )
-
-from diffhpo.methods import space as sp
-from diffhpo.methods.bilevel import BilevelSampler
-from diffhpo.methods.default import DefaultSampler
-from diffhpo.methods.grid import _GridSampler
-from diffhpo.methods.seeding import TrialSeeded
 
 
 class _OracleBilevel(BilevelSampler):
@@ -324,3 +327,28 @@ def test_bilevel_with_inferred_space_resumes_from_storage(tmp_path, mode):
     again = optuna.load_study(storage=url, study_name="s", sampler=BilevelSampler(seed=0, mode=mode))
     again.optimize(objective, n_trials=9)
     assert [t.params for t in again.trials] == [t.params for t in ref.trials]
+
+
+# --- BoTorch (optuna-integration's BoTorchSampler on one torch thread) ---------------------------
+
+RUN_BOTORCH = os.environ.get("DIFFHPO_CONFORMANCE_BOTORCH") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RUN_BOTORCH, reason="about 700 GP fits (15-20 min on 2 cores): set DIFFHPO_CONFORMANCE_BOTORCH=1")
+class TestTrialSeededBoTorch(_SkipTable, BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase):
+    """``methods/botorch.py``'s sampler, with one start-up trial so that relative sampling is
+    the GP's from the second trial on."""
+
+    @pytest.fixture
+    def sampler(self):
+        import warnings
+
+        from diffhpo.methods.botorch import _sampler_class
+
+        def make():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return TrialSeeded(_sampler_class()(seed=0, n_startup_trials=1), 0)
+
+        return make
