@@ -25,7 +25,8 @@ def _sampler_class():
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                return super().sample_relative(study, trial, search_space)
+                values = super().sample_relative(study, trial, search_space)
+                return {k: v.item() if hasattr(v, "item") else v for k, v in values.items()}  # Python numbers
             finally:
                 torch.set_num_threads(threads)
 

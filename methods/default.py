@@ -34,7 +34,8 @@ class DefaultSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        return self.params[param_name]
+        value = self.params[param_name]  # as the distribution defines it (an int 1 of a float range is 1.0)
+        return param_distribution.to_external_repr(param_distribution.to_internal_repr(value))
 
 
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:

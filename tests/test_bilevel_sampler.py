@@ -44,16 +44,33 @@ def test_maximisation_ascends():
     assert study.sampler.current_params(study)["x"] == pytest.approx(2.0, abs=0.05)
 
 
-def test_zeroth_order_fallback_converges():
-    sampler = BilevelSampler(SPACE, seed=1, mode="auto")
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_zeroth_order_fallback_converges(scheme):
+    sampler = BilevelSampler(SPACE, seed=1, mode="auto", zo_scheme=scheme)
     study = optuna.create_study(sampler=sampler)
     study.optimize(lambda t: objective(t, with_grad=False), n_trials=160)
     p = sampler.current_params(study)
     assert p["x"] == pytest.approx(TARGET["x"], abs=0.2)
     assert p["y"] == pytest.approx(TARGET["y"], rel=0.2)
     slots = [t.system_attrs["bilevel:slot"] for t in study.trials]
-    # "auto": the first trial probes for a hypergradient at x_0, then the pairs x_0 +/- delta u_d
-    assert slots[:5] == [[0, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, 1, -1]]
+    if scheme == "central":
+        # "auto": the first trial probes for a hypergradient at x_0, then the pairs x_0 +/- delta u_d
+        assert slots[:5] == [[0, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, 1, -1]]
+    else:
+        # the probe at x_0 is the centre value F(x_0); then one forward point per direction,
+        # then the candidate step of iteration 1
+        assert slots[:4] == [[0, 0, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]]
+
+
+def test_forward_scheme_iterate_is_the_best_centre():
+    """Rejected steps leave the iterate where it was: it is the best candidate evaluated."""
+    sampler = BilevelSampler(SPACE, seed=2, mode="zo")
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: objective(t, with_grad=False), n_trials=40)
+    centres = [t for t in study.trials if t.system_attrs["bilevel:slot"][1:] == [0, 0]]
+    best = min(centres, key=lambda t: t.value)
+    assert sampler.current_params(study) == pytest.approx(best.params)
+    assert best.value < centres[0].value
 
 
 def test_zeroth_order_estimate_is_unbiased_on_a_quadratic():
@@ -101,3 +118,34 @@ def test_failed_trial_is_retried_at_the_same_iterate():
     study.optimize(flaky, n_trials=5, catch=(RuntimeError,))
     assert calls[3] == calls[2]  # the failed iterate is proposed again
     assert calls[2] != calls[1]
+
+
+def test_forward_scheme_central_layout():
+    """zo_central="always": each estimate evaluates the pairs x +/- delta u_d."""
+    sampler = BilevelSampler(SPACE, seed=1, mode="zo", zo_central="always")
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: objective(t, with_grad=False), n_trials=6)
+    slots = [t.system_attrs["bilevel:slot"] for t in study.trials]
+    assert slots == [[0, 0, 0], [0, 0, 1], [0, 0, -1], [0, 1, 1], [0, 1, -1], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_central_differences_on_failure_leave_a_curved_valley_start(seed):
+    """On Rosenbrock from (0, 0) the one-sided estimate is dominated by its curvature bias:
+    every step it suggests is rejected (zo_central="never" ends where it started); the
+    mirrored points (central differences, the default) find a descent direction."""
+    space = {"x": optuna.distributions.FloatDistribution(-2, 2), "y": optuna.distributions.FloatDistribution(-2, 2)}
+
+    def rosenbrock(trial):
+        x, y = trial.suggest_float("x", -2, 2), trial.suggest_float("y", -2, 2)
+        return (1 - x) ** 2 + 100 * (y - x * x) ** 2
+
+    final = {}
+    for central in ["never", "on-failure"]:
+        sampler = BilevelSampler(space, mode="zo", seed=seed, zo_central=central)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(rosenbrock, n_trials=20)
+        p = sampler.current_params(study)
+        final[central] = (1 - p["x"]) ** 2 + 100 * (p["y"] - p["x"] ** 2) ** 2
+    assert final["never"] == 1.0
+    assert final["on-failure"] < 0.9

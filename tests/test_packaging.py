@@ -10,7 +10,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = {"tests", "results", "benchmarks", "assets", ".venv", ".git", ".ci"}
+SKIP = {"tests", "results", "benchmarks", "assets", "optunahub", ".venv", ".git", ".ci"}
 
 
 def test_every_package_is_listed_and_every_listed_package_exists():
