@@ -42,7 +42,7 @@ def test_external_method_is_listed_and_runs(tmp_path):
     assert "sobol" in listed.stdout and "from an external package" in listed.stdout
     out = tmp_path / "out"
     ran = subprocess.run(
-        [sys.executable, "-m", "diffhpo", "run", "--task", "quadratic", "--method", "sobol,random",
+        [sys.executable, "-m", "diffhpo", "run", "--task", "quadratic", "--method", "sobol,random", "--seeds", "1",
          "--profile", "smoke", "--out", str(out), "--no-progress"],
         env=env, capture_output=True, text=True,
     )

@@ -205,7 +205,7 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
     assert listed.returncode == 0 and "quadratic" in listed.stdout and "random" in listed.stdout
     warnings = [line for line in listed.stderr.splitlines() if line.strip()]
     assert len(warnings) == 2 and all(w.startswith("warning: ") and "'diffhpo-broken'" in w for w in warnings)
-    ran = subprocess.run([sys.executable, "-m", "diffhpo", "run", "-t", "quadratic", "-m", "random", "-p", "smoke",
+    ran = subprocess.run([sys.executable, "-m", "diffhpo", "run", "-t", "quadratic", "-m", "random", "-p", "smoke", "--seeds", "1",
                           "--out", str(tmp_path / "o"), "--no-progress", "--no-report"],
                          env=env, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
@@ -213,7 +213,7 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
 
 def test_two_runs_on_one_journal_run_each_final_protocol_once(tmp_path):
     url = f"journal://{tmp_path / 'j.log'}"
-    cmd = [sys.executable, "-m", "diffhpo", "run", "-t", "quadratic", "-m", "random,grid", "-p", "smoke",
+    cmd = [sys.executable, "-m", "diffhpo", "run", "-t", "quadratic", "-m", "random,grid", "-p", "smoke", "--seeds", "1",
            "--option", "sleep_s=0.1", "--storage", url, "--out", str(tmp_path), "--no-progress", "--no-report"]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errs = [p.communicate(timeout=600)[1] for p in procs]

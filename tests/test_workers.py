@@ -123,7 +123,7 @@ def pg_url():
 def create_cells(url, out, methods, budget, *options):
     """`diffhpo run --create-only`: the studies exist before any worker starts."""
     args = [*DIFFHPO, "run", "--task", "quadratic", "--method", ",".join(methods), "--profile", "quick",
-            "--storage", url, "--out", str(out), "--budget", str(budget), "--create-only"]
+            "--seeds", "1", "--storage", url, "--out", str(out), "--budget", str(budget), "--create-only"]
     for o in options:
         args += ["--option", o]
     subprocess.run(args, check=True, capture_output=True)
