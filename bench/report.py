@@ -84,7 +84,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         row.update({f"param_{k}": v for k, v in a.get("final_params", {}).items()})
         row.update({f"final_{k}": v for k, v in a.get("final_metrics", {}).items()})
-        row["final_repeats"] = len(a.get("final_seeds", [])) or (1 if a.get("final_metrics") else 0)
+        row["n_repeats"] = len(a.get("final_seeds", [])) or (1 if a.get("final_metrics") else 0)
         row.update({f"repeat_std_{k}": v for k, v in a.get("final_metrics_std", {}).items()})
         cell_rows.append(row)
     trials_df = pd.DataFrame(trial_rows)
