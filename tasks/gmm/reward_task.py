@@ -80,7 +80,7 @@ from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult
 from ..reward.common import EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
-from ..reward.guidance import GRAD_THROUGH, ddim_scheduler
+from ..reward.guidance import GRAD_THROUGH, WEIGHTING, ddim_scheduler
 from .distance import energy_distance
 from .mixture import DTYPE, Mixture, MixtureOptions, Quadratic, tilt
 from .threads import one_thread
@@ -104,6 +104,10 @@ class GmmRewardConfig(MixtureOptions):
     guidance: float = option(1.0, "tilt exponent guidance * r2 / lambda", gt=0)
     grad_through: str = option("unet", "guidance gradient through the denoiser (unet) or from x0_hat (decoder)",
                                choices=GRAD_THROUGH)
+    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
+                            "(1/(1 + kappa v_t / lambda), reward.guidance)", choices=WEIGHTING)
+    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler)",
+                            ge=1, le=4096)
     steps: int = option(50, "DDIM steps of the guided sampler", ge=1, le=1000)
     eta: float = option(0.0, "DDIM eta (0 deterministic, 1 ancestral)", ge=0, le=1)
     n_samples: int = option(1000, "samples of a search-time run (the cost unit)", ge=2)
@@ -175,7 +179,6 @@ class GmmRewardTask(RewardTask):
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
         super().__init__(profile, **options)
-        self._check_common()
         lam = self.lambda_star()
         lo, hi = math.log10(self.config.lam_low), math.log10(self.config.lam_high)
         if not lo + 1 <= math.log10(lam) <= hi - 1:

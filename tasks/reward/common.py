@@ -163,7 +163,8 @@ class RewardTask(Task):
             idx = self.conditions().index(cond)
             noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
             run = self._sample(model, noise, [cond] * n, derive_seed(seed, EVAL_NOISE, idx), reward=reward,
-                               scale=scale, grad_through=cfg.grad_through)
+                               scale=scale, grad_through=cfg.grad_through,
+                               weighting=getattr(cfg, "weighting", "constant"), particles=getattr(cfg, "particles", 1))
             out[cond] = run.samples
         return out
 
