@@ -79,7 +79,7 @@ from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult
-from ..reward.common import EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
+from ..reward.common import PREMISE_METRICS, EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
 from ..reward.guidance import GRAD_THROUGH, WEIGHTING, ddim_scheduler
 from .distance import energy_distance
 from .mixture import DTYPE, Mixture, MixtureOptions, Quadratic, tilt
@@ -194,6 +194,7 @@ class GmmRewardTask(RewardTask):
             Metric("fidelity", "minimize", "energy distance between the solver's samples and exact draws of the tilt"),
             Metric("lower", "maximize", "mean lower reward r2"),
             Metric("exact_upper", "maximize", "E_{p*}[r1] of the exact tilt at the parameters"),
+            *PREMISE_METRICS,
         ]
 
     # -- the analytic problem ------------------------------------------------------------
@@ -315,9 +316,11 @@ class GmmRewardTask(RewardTask):
         """``gmm-reward_<profile>_lambda.png`` (exact curve, guided sweep, bank estimate, each
         method's choice) and ``gmm-reward_<profile>_samples.png`` (final samples over the
         exact density), see :mod:`.plots`."""
+        from ..reward.plots import premise
         from .plots import reward_plots
 
-        return reward_plots(cls, cells, Path(folder))
+        paths = reward_plots(cls, cells, Path(folder))
+        return paths + [p for p in premise(cls, cells, trials, Path(folder)) if p.suffix == ".png"]
 
 
 _STAR: dict[str, tuple[float, float]] = {}

@@ -49,7 +49,7 @@ import numpy as np
 
 from ...bench.options import option
 from ..base import Metric
-from .common import RewardTask, reward_rules
+from .common import PREMISE_METRICS, RewardTask, reward_rules
 from .guidance import GRAD_THROUGH
 
 
@@ -142,6 +142,7 @@ class RewardMnistTask(RewardTask):
             Metric("fid", "minimize", "FID (mnist-net) against held-out images of the target digits"),
             Metric("kid", "minimize", "KID (mnist-net), mean over subsets"),
             Metric("is", "maximize", "Inception Score (mnist-net logits)"),
+            *PREMISE_METRICS,
         ]
 
     def check_ready(self) -> None:

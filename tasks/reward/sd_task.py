@@ -50,7 +50,7 @@ import numpy as np
 from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ..base import Metric
-from .common import RewardTask, reward_rules
+from .common import PREMISE_METRICS, RewardTask, reward_rules
 from .guidance import GRAD_THROUGH
 from .tiny import TINY
 
@@ -266,6 +266,7 @@ class RewardSdTask(RewardTask):
             Metric("fid", "minimize", "FID against the un-guided model's images for the same prompts and seeds"),
             Metric("kid", "minimize", "KID against the same reference, mean over subsets"),
             Metric("is", "maximize", "Inception Score"),
+            *PREMISE_METRICS,
         ]
 
     # -- environment ------------------------------------------------------------------------------
