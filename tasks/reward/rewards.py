@@ -278,7 +278,27 @@ def _make_feature_net_logprob(ctx: RewardContext) -> Reward:
     return Reward("feature-net-logprob", fn, "log p(c | x) under the metrics' MNIST feature network", sha[:16])
 
 
+def ink(images: torch.Tensor) -> torch.Tensor:
+    """Mean ink of MNIST-like images in [-1, 1]: the fraction of the pixel range that is on,
+    averaged over pixels (0 blank, 1 all white); the proxy of stroke thickness (issue 16)."""
+    return ((images.float() + 1) / 2).flatten(1).mean(1)
+
+
+def stroke_area(images: torch.Tensor) -> torch.Tensor:
+    """A second, held-out measurement of stroke thickness: the fraction of 2x2-pooled pixels
+    that are on (a smooth threshold at half intensity, sigmoid of width 0.05, so that it is
+    differentiable)."""
+    x = (images.float() + 1) / 2
+    pooled = F.avg_pool2d(x.reshape((-1, 1) + tuple(x.shape[-2:])), 2)
+    return torch.sigmoid((pooled - 0.5) / 0.05).flatten(1).mean(1)
+
+
+def _make_ink(ctx: RewardContext) -> Reward:
+    return Reward("ink", lambda images, cond: ink(images), "mean ink (stroke-thickness proxy)", "ink-v1")
+
+
 REWARDS.register("colourfulness", _make_colourfulness)
+REWARDS.register("ink", _make_ink)
 REWARDS.register("aesthetic", _make_aesthetic)
 REWARDS.register("clip-score", _make_clip_score)
 REWARDS.register("classifier-logprob", _make_classifier_logprob)
