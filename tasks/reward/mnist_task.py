@@ -50,7 +50,7 @@ import numpy as np
 from ...bench.options import option
 from ..base import Metric
 from .common import PREMISE_METRICS, RewardTask, reward_rules
-from .guidance import GRAD_THROUGH
+from .guidance import GRAD_THROUGH, WEIGHTING
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class RewardMnistConfig:
     # measured (eta = 0), mean r2 fell from -9.4 (unguided) to -21 at lambda = 1 and -49 at 0.01, while
     # "decoder" raised it to -4.5 at lambda = 1 and -0.17 at 0.1 (16 samples of digit 3).
     grad_through: str = option("decoder", "where the reward gradient flows", choices=GRAD_THROUGH)
+    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
+                            "(1/(1 + kappa v_t / lambda), guidance.py)", choices=WEIGHTING)
+    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler; "
+                            "a run then costs this many guided runs)", ge=1, le=4096)
     steps: int = option(25, "sampling steps (diffusers DDIMScheduler, 'trailing' spacing)", ge=1, le=1000)
     # DDIM's eta: 1.0 samples ancestrally (the DDPM sampler on the sub-sequence of steps), 0.0
     # deterministically. Measured on 1,000 samples of the shipped DDPM (25 steps,

@@ -51,7 +51,7 @@ from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ..base import Metric
 from .common import PREMISE_METRICS, RewardTask, reward_rules
-from .guidance import GRAD_THROUGH
+from .guidance import GRAD_THROUGH, WEIGHTING
 from .tiny import TINY
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
@@ -74,6 +74,10 @@ class RewardSdConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     guidance: float = option(1.0, "guidance scale multiplying grad r2 / lambda", ge=0, le=1e4)
     grad_through: str = option("unet", "where the reward gradient flows", choices=GRAD_THROUGH)
+    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
+                            "(1/(1 + kappa v_t / lambda), guidance.py)", choices=WEIGHTING)
+    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler; "
+                            "a run then costs this many guided runs)", ge=1, le=4096)
     n_samples: int = option(4, "images per prompt in a search-time guided run (the cost unit)", ge=1)
     n_final: int = option(16, "images per prompt in the final protocol", ge=1)
     bank_size: int = option(32, "un-guided images per prompt in the bilevel oracle's bank", ge=1)
