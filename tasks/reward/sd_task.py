@@ -65,6 +65,8 @@ class RewardSdConfig:
     clip_model: str = option("openai/clip-vit-base-patch32", "CLIP for the upper score: a folder or a cached hub id")
     reward: str = option("colourfulness", "r2, by reward-registry name")
     aesthetic_weights: str = option("", "weights of the 'aesthetic' linear head (a file, or random:SEED)")
+    resnet_weights: str = option("", "reward=resnet18-head: torchvision resnet18 state dict (a file, or random:SEED)")
+    resnet_head_seed: int = option(0, "reward=resnet18-head: seed of the random linear head", ge=0)
     cfg: float = option(7.5, "classifier-free guidance scale", ge=1, le=50)
     steps: int = option(50, "DDIM steps", ge=1, le=1000)
     eta: float = option(0.0, "DDIM eta: 0 deterministic (the paper), 1 ancestral", ge=0, le=1)
@@ -340,6 +342,8 @@ class RewardSdTask(RewardTask):
         from .rewards import RewardContext
 
         return RewardContext(options={"aesthetic_weights": self.config.aesthetic_weights,
+                                      "resnet_weights": self.config.resnet_weights,
+                                      "resnet_head_seed": self.config.resnet_head_seed,
                                       "clip_model": self.config.clip_model},
                              device=self.device, clip=self._clip)
 
