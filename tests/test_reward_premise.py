@@ -84,3 +84,15 @@ def test_final_protocol_records_the_bank_prediction_and_the_report_writes_the_pr
     assert table.bank_upper.notna().sum() >= 41 and table.sampler_upper.notna().sum() == 5
     row = table[np.isclose(table.lam, 1.0)].iloc[0]
     assert row.sampler_upper == -1.0 and np.isfinite(row.bank_upper)
+
+
+def test_bank_prediction_for_every_mode():
+    task = GmmRewardTask("smoke", sampler="exact", bank_cache=False)
+    bank = task.bank(0)
+    none = task.premise_metrics({}, 0)
+    assert none["bank_upper"] == pytest.approx(bank.r1.mean()) and none["bank_ess"] == bank.r1.shape[1]
+    ws = task.premise_metrics({"w": 2.0}, 0)
+    from diffhpo.tasks.reward import penalty as pen
+
+    s = task.config.guidance * (bank.r2[0] + 2.0 * bank.r1[0])
+    assert ws["bank_upper"] == pytest.approx(pen.tilted_mean(bank.r1[0], s, task.config.ws_lambda))

@@ -209,13 +209,14 @@ class RewardTask(Task):
         return {"lam": lams, "bank_upper": upper, "bank_ess": ess}
 
     def premise_metrics(self, params: Mapping[str, Any], seed: int) -> dict[str, float]:
-        """``bank_upper`` and ``bank_ess`` at the parameters' lambda (lambda trials only), on
-        the bank of the cell whose final protocol runs with ``seed`` (:mod:`...bench.seeds`); also
-        writes that bank's curve (:meth:`bank_curve`) as ``premise_seed<cell seed>_<config>.csv``
-        next to the final sample grids, for :meth:`write_plots`."""
-        mode, lam, _ = self._mode(params)
-        if mode != "lam":
-            return {}
+        """``bank_upper`` and ``bank_ess``: the bank's estimate of the upper score of what the
+        parameters ask for, on the bank of the cell whose final protocol runs with ``seed``
+        (:mod:`...bench.seeds`): the tilt ``exp(guidance r2 / lambda)`` (lambda trials),
+        ``exp(guidance (r2 + w r1) / ws_lambda)`` (weighted sum), the bank's plain mean (no
+        guidance). Also writes that bank's curve (:meth:`bank_curve`) as
+        ``premise_seed<cell seed>_<config>.csv`` next to the final sample grids, for
+        :meth:`write_plots`."""
+        mode, lam, w = self._mode(params)
         cell_seed = _cell_seed(seed)
         curve = self.bank_curve(cell_seed)
         path = final_grid_dir(self.name, self.profile) / (
@@ -225,8 +226,13 @@ class RewardTask(Task):
 
         pd.DataFrame(curve).to_csv(tmp, index=False)
         tmp.replace(path)
-        one = self.bank_curve(cell_seed, [lam])
-        return {"bank_upper": float(one["bank_upper"][0]), "bank_ess": float(one["bank_ess"][0])}
+        g = self.config.guidance
+        per = self.bank(cell_seed).per_condition(g)
+        if mode == "none":
+            return {"bank_upper": float(np.mean([r1.mean() for r1, _ in per])), "bank_ess": float(len(per[0][0]))}
+        tilts = [(r1, s + g * w * r1) for r1, s in per]
+        return {"bank_upper": float(np.mean([pen.tilted_mean(r1, s, lam) for r1, s in tilts])),
+                "bank_ess": float(min(pen.effective_sample_size(s, lam) for _, s in tilts))}
 
     def preflight(self, seed: int) -> str | None:
         """The pre-flight line of a bilevel cell (issue 16): a warning when the bank curve's
