@@ -43,6 +43,13 @@ from . import bank as bank_mod
 from . import penalty as pen
 
 LAM_GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
+PREMISE_POINTS = 41  # bank-curve lambdas, log-spaced over [lam_low, lam_high] (0.1 decade on [0.01, 100])
+#: final-protocol metrics of premise (2) of issue 16: the bank's prediction at the chosen lambda
+PREMISE_METRICS = [
+    Metric("bank_upper", "maximize", "bank estimate of E_{p*_lambda}[r1] at the final lambda (what bilevel's "
+           "oracle predicts; compare with the realised upper score)"),
+    Metric("bank_ess", "maximize", "effective sample size of the bank's weights at the final lambda"),
+]
 # purpose tags for derive_seed
 EVAL_NOISE, BANK_NOISE = 501, 502
 SAMPLE_GRID_PER_CONDITION = 8
@@ -163,7 +170,8 @@ class RewardTask(Task):
             idx = self.conditions().index(cond)
             noise = self._noise(seed, idx, n, EVAL_NOISE).to(model.device, model.dtype)
             run = self._sample(model, noise, [cond] * n, derive_seed(seed, EVAL_NOISE, idx), reward=reward,
-                               scale=scale, grad_through=cfg.grad_through)
+                               scale=scale, grad_through=cfg.grad_through,
+                               weighting=getattr(cfg, "weighting", "constant"), particles=getattr(cfg, "particles", 1))
             out[cond] = run.samples
         return out
 
@@ -183,7 +191,62 @@ class RewardTask(Task):
         out.update(self.quality_metrics(samples, seed, final))
         if final:
             self._save_final_grid(params, seed, samples)
+            out.update(self.premise_metrics(params, seed))
         return out
+
+    # -- premise (2) of the bilevel method: what the bank sees (issue 16) --------------------------
+    def bank_curve(self, seed: int, lams=None) -> dict[str, np.ndarray]:
+        """The bank's view of the lambda problem (method.md, "Penalty function in lambda"):
+        ``{"lam", "bank_upper", "bank_ess"}`` with the self-normalised estimate of
+        ``E_{p*_lambda}[r1]`` (mean over conditions) and the smallest effective sample size of
+        the weights ``exp(guidance r2 / lambda)`` over conditions, at ``PREMISE_POINTS``
+        log-spaced lambdas (or ``lams``), on the bank of the cell seeded ``seed``."""
+        cfg = self.config
+        lams = np.geomspace(cfg.lam_low, cfg.lam_high, PREMISE_POINTS) if lams is None else np.asarray(lams, float)
+        per = self.bank(seed).per_condition(cfg.guidance)
+        upper = np.array([np.mean([pen.tilted_mean(r1, r2, v) for r1, r2 in per]) for v in lams])
+        ess = np.array([min(pen.effective_sample_size(r2, v) for _, r2 in per) for v in lams])
+        return {"lam": lams, "bank_upper": upper, "bank_ess": ess}
+
+    def premise_metrics(self, params: Mapping[str, Any], seed: int) -> dict[str, float]:
+        """``bank_upper`` and ``bank_ess``: the bank's estimate of the upper score of what the
+        parameters ask for, on the bank of the cell whose final protocol runs with ``seed``
+        (:mod:`...bench.seeds`): the tilt ``exp(guidance r2 / lambda)`` (lambda trials),
+        ``exp(guidance (r2 + w r1) / ws_lambda)`` (weighted sum), the bank's plain mean (no
+        guidance). Also writes that bank's curve (:meth:`bank_curve`) as
+        ``premise_seed<cell seed>_<config>.csv`` next to the final sample grids, for
+        :meth:`write_plots`."""
+        mode, lam, w = self._mode(params)
+        cell_seed = _cell_seed(seed)
+        curve = self.bank_curve(cell_seed)
+        path = final_grid_dir(self.name, self.profile) / (
+            f"premise_seed{cell_seed}_{bank_mod.cache_key(self.describe_config())[:8]}.csv")
+        tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+        import pandas as pd
+
+        pd.DataFrame(curve).to_csv(tmp, index=False)
+        tmp.replace(path)
+        g = self.config.guidance
+        per = self.bank(cell_seed).per_condition(g)
+        if mode == "none":
+            return {"bank_upper": float(np.mean([r1.mean() for r1, _ in per])), "bank_ess": float(len(per[0][0]))}
+        tilts = [(r1, s + g * w * r1) for r1, s in per]
+        return {"bank_upper": float(np.mean([pen.tilted_mean(r1, s, lam) for r1, s in tilts])),
+                "bank_ess": float(min(pen.effective_sample_size(s, lam) for _, s in tilts))}
+
+    def preflight(self, seed: int) -> str | None:
+        """The pre-flight line of a bilevel cell (issue 16): a warning when the bank curve's
+        maximum lies at an end of the lambda range, i.e. the bank predicts that the best
+        lambda is a bound (premise (2) fails or the range is too narrow); else None."""
+        curve = self.bank_curve(seed)
+        i = int(np.argmax(curve["bank_upper"]))
+        if 0 < i < len(curve["lam"]) - 1:
+            return None
+        end = "lower" if i == 0 else "upper"
+        return (f"diffhpo: task {self.name!r}, seed {seed}: the bank estimate of E[r1] is largest at the {end} end of "
+                f"the lambda range (lambda = {curve['lam'][i]:.3g}, ESS {curve['bank_ess'][i]:.1f} of "
+                f"{self.config.bank_size}); the bilevel oracle will walk to that bound. The bank sees only "
+                f"pre-trained samples: if r1 and r2 agree on them, it cannot see reward hacking (issue 16).")
 
     def extra_metrics(self, samples: dict, r1s: list, r2s: list, params: Mapping[str, Any]) -> dict[str, float]:
         """Task-specific metrics of a run under ``params`` (default: none)."""
@@ -245,6 +308,13 @@ class RewardTask(Task):
         lam = float(params["lam"])
         bank = self.bank(seed)
         g = self.config.guidance
+        warning = self.preflight(seed) if context.iteration == 0 else None
+        if warning is not None:
+            import sys
+            import warnings
+
+            warnings.warn(warning, PremiseWarning, stacklevel=2)
+            print(warning, file=sys.stderr, flush=True)
         est = pen.estimate(bank.per_condition(g), lam, context.gamma)
         cost = self.config.oracle_cost + (self.bank_cost(bank) if context.iteration == 0 else 0.0)
         lower = float(np.mean([pen.tilted_mean(bank.r2[k], g * bank.r2[k], lam) for k in range(len(bank.conditions))]))
@@ -253,7 +323,8 @@ class RewardTask(Task):
             grad={"lam": -est.grad},
             cost=cost,
             info={"penalty": est.value, "kl": est.kl, "ess": est.ess, "bank_size": float(est.n),
-                  "bank_cached": float(bank.from_cache)},
+                  "bank_cached": float(bank.from_cache),
+                  **({"premise_warning": 1.0 if warning else 0.0} if context.iteration == 0 else {})},
         )
 
     # -- pictures --------------------------------------------------------------------------------
@@ -277,8 +348,9 @@ class RewardTask(Task):
         """``<task>_<profile>_upper_vs_lambda.png``: the grid method's upper score against lambda
         (mean over seeds) with each method's chosen lambda and final score marked; and
         ``<task>_<profile>_samples.png``: each method's final samples at its chosen
-        hyperparameters (the first seed's final-protocol run)."""
-        from .plots import sample_grids, upper_vs_lambda
+        hyperparameters (the first seed's final-protocol run); and the premise diagnostic
+        ``<task>_<profile>_premise.png`` with its table ``_premise.csv`` (:func:`.plots.premise`)."""
+        from .plots import premise, sample_grids, upper_vs_lambda
 
         paths = []
         folder = Path(folder)
@@ -292,7 +364,22 @@ class RewardTask(Task):
             p = sample_grids(cls, c, folder / f"{cls.name}_{profile}_samples.png")
             if p is not None:
                 paths.append(p)
+        paths.extend(p for p in premise(cls, cells, trials, folder) if p.suffix == ".png")
         return paths
+
+
+class PremiseWarning(UserWarning):
+    """The bank predicts that the best lambda is a bound of the range (:meth:`RewardTask.preflight`)."""
+
+
+def _cell_seed(final_seed: int) -> int:
+    """The cell seed of a final-protocol seed (:func:`...bench.seeds.final_seeds`); a seed
+    below the offset is taken as a cell seed."""
+    from ...bench.seeds import FINAL_SEED_OFFSET, REPEAT_STRIDE
+
+    if final_seed < FINAL_SEED_OFFSET:
+        return int(final_seed)
+    return int((final_seed - FINAL_SEED_OFFSET) % REPEAT_STRIDE)
 
 
 def final_grid_dir(task_name: str, profile: str) -> Path:

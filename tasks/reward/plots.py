@@ -101,3 +101,84 @@ def sample_grids(task_cls, cells: pd.DataFrame, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list[Path]:
+    """Issue 16's premise diagnostic, per profile: ``<task>_<profile>_premise.png`` and
+    ``<task>_<profile>_premise.csv``. On one axis of lambda: the bank estimate of
+    ``E_{p*_lambda}[r1]`` (premise 2: what the bilevel oracle optimises) with its effective
+    sample size on a second axis, the guided sampler's actual upper score at the grid
+    method's lambdas (premise 1: mean over seeds), and each method's final choice (realised
+    upper score; hollow: the bank's prediction there, ``final_bank_upper``). The bank curve is
+    the one the final protocol of the first seed wrote (``premise_seed<seed>_*.csv`` next to
+    the sample grids; the newest if several configurations were run). The CSV has one row per
+    lambda of the bank curve and of the grid: ``lam, bank_upper, bank_ess, sampler_upper``
+    (``sampler_upper`` empty off the grid)."""
+    from .common import final_grid_dir
+
+    out = []
+    if cells is None or len(cells) == 0:
+        return out
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    primary = task_cls.upper_metric
+    done = cells[cells.status == "done"] if "status" in cells else cells
+    for profile, c in done.groupby("profile"):
+        seed = int(c.seed.min())
+        found = sorted(final_grid_dir(task_cls.name, str(profile)).glob(f"premise_seed{seed}_*.csv"),
+                       key=lambda p: p.stat().st_mtime)
+        bank = pd.read_csv(found[-1]) if found else pd.DataFrame(columns=["lam", "bank_upper", "bank_ess"])
+        t = trials[(trials.profile == profile)] if len(trials) and "profile" in trials else pd.DataFrame()
+        grid = pd.Series(dtype=float)
+        if len(t) and "param_lam" in t:
+            g = t[(t.method == "grid") & (t.state == "COMPLETE") & t.param_lam.notna()]
+            grid = g.groupby("param_lam").value.mean().sort_index()
+        table = bank.set_index("lam")[["bank_upper", "bank_ess"]] if len(bank) else pd.DataFrame(
+            columns=["bank_upper", "bank_ess"])
+        rows = {float(k): v for k, v in grid.items()}
+        merged = []
+        for lam in sorted(set(map(float, table.index)) | set(rows)):
+            near = [x for x in table.index if np.isclose(float(x), lam, rtol=1e-6)]
+            b = table.loc[near[0]] if near else None
+            s = [v for k, v in rows.items() if np.isclose(k, lam, rtol=1e-6)]
+            merged.append({"lam": lam, "bank_upper": float(b.bank_upper) if b is not None else np.nan,
+                           "bank_ess": float(b.bank_ess) if b is not None else np.nan,
+                           "sampler_upper": s[0] if s else np.nan})
+        merged = pd.DataFrame(merged).drop_duplicates("lam")
+        csv = folder / f"{task_cls.name}_{profile}_premise.csv"
+        merged.to_csv(csv, index=False)
+        out.append(csv)
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        if len(bank):
+            ax.plot(bank.lam, bank.bank_upper, "-", color="C1", label=f"bank estimate of E_p*[r1] (seed {seed})")
+            ax2 = ax.twinx()
+            ax2.plot(bank.lam, bank.bank_ess, ":", color="grey", label="bank ESS")
+            ax2.set_yscale("log")
+            ax2.set_ylabel("effective sample size of the bank", color="grey")
+        if len(grid):
+            ax.plot(grid.index, grid.values, "o-", color="black", label="guided sampler (grid trials, mean over seeds)")
+        markers = "s^vDP*Xph<>"
+        col = f"final_{primary}"
+        for i, (method, m) in enumerate(sorted(done[done.profile == profile].groupby("method"), key=lambda kv: kv[0])):
+            if "param_lam" not in m or not m.param_lam.notna().any() or col not in m:
+                continue
+            color = f"C{(i + 2) % 10}"
+            mk = markers[i % len(markers)]
+            ax.scatter(m.param_lam, m[col], marker=mk, s=70, color=color, edgecolor="black", zorder=5,
+                       label=f"{method}: lambda={m.param_lam.median():.3g}")
+            if "final_bank_upper" in m:
+                ax.scatter(m.param_lam, m.final_bank_upper, marker=mk, s=70, facecolor="none", edgecolor=color,
+                           zorder=5)
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda (KL strength)")
+        ax.set_ylabel(primary)
+        ax.set_title(f"{task_cls.name} ({profile}): bank estimate vs guided sampler (hollow: bank's prediction "
+                     f"at the choice)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        png = folder / f"{task_cls.name}_{profile}_premise.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        out.append(png)
+    return out

@@ -22,6 +22,16 @@ name. Built in:
     ``100 * cos(CLIP image embedding, CLIP text embedding of the prompt)``: the
     differentiable form of the CLIP score (no clamp at 0; the reported CLIP score of the
     metrics is ``100 * max(cos, 0)`` with CLIP's own image processor).
+``resnet18-head``
+    The paper's lower reward (method.md, "What the reference code actually does"): a linear
+    head on the 512-d pooled features of a torchvision ResNet-18, ``w . f(x) + 0`` with
+    ``w ~ N(0, I / 512)`` drawn from ``resnet_head_seed`` (the reference code's head is random
+    and *unseeded*; ours is seeded). Images go to [0, 1], 224 x 224 (bilinear, antialiased)
+    and ImageNet normalisation. Backbone weights by path: ``resnet_weights`` = a torch
+    state dict of ``torchvision.models.resnet18`` (e.g. the ImageNet one); ``random:SEED``
+    is a randomly initialised backbone, for offline tests only.
+``ink``
+    Mean ink of MNIST-like images (stroke-thickness proxy, reward-mnist ``objective=bold``).
 ``classifier-logprob``
     ``log p(c | x)`` under the MNIST guidance classifier (shipped, or ``classifier_weights``).
 ``feature-net-logprob``
@@ -232,6 +242,60 @@ def _make_aesthetic(ctx: RewardContext) -> Reward:
     return Reward("aesthetic", fn, desc, spec)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_resnet18(spec: str) -> tuple[torch.nn.Module, str]:
+    """A torchvision ResNet-18 without its classifier (``fc = Identity``: 512-d features),
+    eval mode, from a state-dict file or ``random:SEED``; and its label for the bank key."""
+    from torchvision.models import resnet18
+
+    spec = str(spec or "").strip()
+    if not spec:
+        raise DiffhpoError("reward 'resnet18-head' needs --option resnet_weights=PATH (a torchvision resnet18 state "
+                           "dict, e.g. the ImageNet weights); 'random:SEED' gives a random backbone for tests")
+    if spec.startswith("random:"):
+        seed = int(spec.split(":", 1)[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = resnet18(weights=None)
+        label = f"RANDOM resnet18 (seed {seed}; tests only)"
+    else:
+        net = resnet18(weights=None)
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DiffhpoError(f"resnet_weights {spec}: no such file") from None
+        net.load_state_dict(state)
+        from ...bench.assets import sha256_file
+
+        label = f"resnet18 from {spec} (sha256 {sha256_file(spec)[:12]})"
+    net.fc = torch.nn.Identity()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), label
+
+
+def _make_resnet18_head(ctx: RewardContext) -> Reward:
+    spec = str(ctx.options.get("resnet_weights", ""))
+    seed = int(ctx.options.get("resnet_head_seed", 0))
+    net, label = load_resnet18(spec)
+    net = net.to(ctx.device)
+    w = torch.randn(512, generator=torch.Generator().manual_seed(seed)) / 512**0.5
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def fn(images: torch.Tensor, cond: Any) -> torch.Tensor:
+        x = (images.float() + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - mean.to(x.device)) / std.to(x.device)
+        return net(x) @ w.to(x.device)
+
+    return Reward("resnet18-head", fn, f"seeded random linear head (seed {seed}) on {label}", f"{label}|head{seed}")
+
+
 # --- MNIST ----------------------------------------------------------------------------------
 
 
@@ -278,7 +342,28 @@ def _make_feature_net_logprob(ctx: RewardContext) -> Reward:
     return Reward("feature-net-logprob", fn, "log p(c | x) under the metrics' MNIST feature network", sha[:16])
 
 
+def ink(images: torch.Tensor) -> torch.Tensor:
+    """Mean ink of MNIST-like images in [-1, 1]: the fraction of the pixel range that is on,
+    averaged over pixels (0 blank, 1 all white); the proxy of stroke thickness (issue 16)."""
+    return ((images.float() + 1) / 2).flatten(1).mean(1)
+
+
+def stroke_area(images: torch.Tensor) -> torch.Tensor:
+    """A second, held-out measurement of stroke thickness: the fraction of 2x2-pooled pixels
+    that are on (a smooth threshold at half intensity, sigmoid of width 0.05, so that it is
+    differentiable)."""
+    x = (images.float() + 1) / 2
+    pooled = F.avg_pool2d(x.reshape((-1, 1) + tuple(x.shape[-2:])), 2)
+    return torch.sigmoid((pooled - 0.5) / 0.05).flatten(1).mean(1)
+
+
+def _make_ink(ctx: RewardContext) -> Reward:
+    return Reward("ink", lambda images, cond: ink(images), "mean ink (stroke-thickness proxy)", "ink-v1")
+
+
 REWARDS.register("colourfulness", _make_colourfulness)
+REWARDS.register("ink", _make_ink)
+REWARDS.register("resnet18-head", _make_resnet18_head)
 REWARDS.register("aesthetic", _make_aesthetic)
 REWARDS.register("clip-score", _make_clip_score)
 REWARDS.register("classifier-logprob", _make_classifier_logprob)

@@ -50,8 +50,8 @@ import numpy as np
 from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ..base import Metric
-from .common import RewardTask, reward_rules
-from .guidance import GRAD_THROUGH
+from .common import PREMISE_METRICS, RewardTask, reward_rules
+from .guidance import GRAD_THROUGH, WEIGHTING
 from .tiny import TINY
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
@@ -65,6 +65,8 @@ class RewardSdConfig:
     clip_model: str = option("openai/clip-vit-base-patch32", "CLIP for the upper score: a folder or a cached hub id")
     reward: str = option("colourfulness", "r2, by reward-registry name")
     aesthetic_weights: str = option("", "weights of the 'aesthetic' linear head (a file, or random:SEED)")
+    resnet_weights: str = option("", "reward=resnet18-head: torchvision resnet18 state dict (a file, or random:SEED)")
+    resnet_head_seed: int = option(0, "reward=resnet18-head: seed of the random linear head", ge=0)
     cfg: float = option(7.5, "classifier-free guidance scale", ge=1, le=50)
     steps: int = option(50, "DDIM steps", ge=1, le=1000)
     eta: float = option(0.0, "DDIM eta: 0 deterministic (the paper), 1 ancestral", ge=0, le=1)
@@ -74,6 +76,10 @@ class RewardSdConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     guidance: float = option(1.0, "guidance scale multiplying grad r2 / lambda", ge=0, le=1e4)
     grad_through: str = option("unet", "where the reward gradient flows", choices=GRAD_THROUGH)
+    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
+                            "(1/(1 + kappa v_t / lambda), guidance.py)", choices=WEIGHTING)
+    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler; "
+                            "a run then costs this many guided runs)", ge=1, le=4096)
     n_samples: int = option(4, "images per prompt in a search-time guided run (the cost unit)", ge=1)
     n_final: int = option(16, "images per prompt in the final protocol", ge=1)
     bank_size: int = option(32, "un-guided images per prompt in the bilevel oracle's bank", ge=1)
@@ -266,6 +272,7 @@ class RewardSdTask(RewardTask):
             Metric("fid", "minimize", "FID against the un-guided model's images for the same prompts and seeds"),
             Metric("kid", "minimize", "KID against the same reference, mean over subsets"),
             Metric("is", "maximize", "Inception Score"),
+            *PREMISE_METRICS,
         ]
 
     # -- environment ------------------------------------------------------------------------------
@@ -335,6 +342,8 @@ class RewardSdTask(RewardTask):
         from .rewards import RewardContext
 
         return RewardContext(options={"aesthetic_weights": self.config.aesthetic_weights,
+                                      "resnet_weights": self.config.resnet_weights,
+                                      "resnet_head_seed": self.config.resnet_head_seed,
                                       "clip_model": self.config.clip_model},
                              device=self.device, clip=self._clip)
 
