@@ -20,7 +20,8 @@ def test_smoke_matrix_every_method(tmp_path):
     trials, cells = collect(st.open_storage(st.default_url(tmp_path)))
     assert (cells.status == "done").all()
     reward, schedule = cells[cells.task == "gmm-reward"], cells[cells.task == "gmm-schedule"]
-    assert set(reward.method) == set(methods)
+    pruning = {"sha", "hyperband", "median"}  # gmm-reward's sampling run has no fidelity: skipped there
+    assert set(reward.method) == set(methods) - pruning
     assert set(schedule.method) == set(methods) - {"none", "weighted-sum"}  # reward-task baselines
     lam = reward[reward.param_lam.notna()]
     assert (lam.final_regret >= -1e-12).all() and (lam.final_lam_error >= 0).all()

@@ -1,7 +1,6 @@
 """mnist-schedule: the single-loop bilevel oracle (checkpoints, resume, determinism, cost)
 and the whole smoke matrix through the runner."""
 
-import pandas as pd
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """Calibrated guidance weighting and the twisted-SMC corrector (issue 16, reward.guidance):
 the exact relation on a Gaussian, and the distance to the exact tilt on gmm-reward."""
 
-import math
 
 import pytest
 import torch

@@ -93,7 +93,7 @@ def _lambda_plot(task, cells: pd.DataFrame, path: Path) -> Path:
 
 
 def _samples_plot(task, cells: pd.DataFrame, path: Path) -> Path | None:
-    from ...bench.runner import FINAL_SEED_OFFSET
+    from ...bench.seeds import FINAL_SEED_OFFSET
     from ..reward.common import _params_key, final_grid_dir
 
     panels = []
