@@ -121,9 +121,10 @@ def fail_orphans(study: optuna.Study, *, exclusive: bool) -> int:
 
 
 def _gone(owner: str) -> bool:
-    """Whether the process that wrote ``owner`` (host:pid) is known to have ended."""
+    """Whether the process that wrote ``owner`` (host:pid) is known to have ended. A claim
+    without an owner yet is held: its process writes the owner right after creating it."""
     host, _, pid = owner.rpartition(":")
-    return not owner or (host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)))
+    return bool(owner) and host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
 
 
 def claim_name(study: optuna.Study) -> str:
@@ -180,7 +181,10 @@ def claim_final(study: optuna.Study) -> Iterator[bool]:
     try:
         yield True
     finally:
-        storage.delete_study(study_id)
+        try:
+            storage.delete_study(study_id)
+        except KeyError:
+            pass  # already removed
 
 
 @contextmanager
