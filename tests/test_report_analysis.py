@@ -245,7 +245,7 @@ def test_no_html_flag_and_passwords_hidden(tmp_path, capsys):
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "plots").exists()
     assert (tmp_path / "ranks.csv").exists() and "# diffhpo comparison" in capsys.readouterr().out
     assert redact("run --storage postgresql://me:p@ss:w0rd@db:5432/x") == "run --storage postgresql://me:***@db:5432/x"
-    assert redact("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
+    assert redact("sqlite:////data/a@b.db") == "sqlite:////data/a@b.db"
 
 
 def test_pairs_over_tasks_count_tasks_and_significant_ones(tmp_path):
