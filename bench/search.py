@@ -223,6 +223,11 @@ class _CountedTrialsView:
     def __init__(self, storage) -> None:
         self._inner = storage
 
+    @property
+    def unfiltered(self):
+        """The storage itself (``methods.seeding.slot`` counts every trial ever created)."""
+        return self._inner
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 

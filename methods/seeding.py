@@ -49,8 +49,11 @@ RETRY_OF = "failed_trial"  # Optuna's system attribute: the number of the trial 
 
 
 def slot(study: Study, trial: FrozenTrial) -> int:
-    """The configuration slot of ``trial`` in its cell (see the module docstring)."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    """The configuration slot of ``trial`` in its cell (see the module docstring). A storage
+    seen through a filter (a pruner's view without interrupted trials) is read unfiltered
+    through its ``unfiltered`` attribute: the slots count every trial ever created."""
+    storage = getattr(study._storage, "unfiltered", study._storage)
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
     original = trial.system_attrs.get(RETRY_OF)
     if original is not None and int(original) != trial.number:
         trial = next((t for t in trials if t.number == int(original)), trial)
