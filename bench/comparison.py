@@ -130,14 +130,21 @@ def reference_text(comp: Comparison, task: str, profile: str) -> str:
 
 
 POINTS_TEXT = ("Columns 25%, 50%, 100%: best search value reached by that fraction of the budget; final: the "
-               "chosen hyperparameters re-evaluated under the final protocol (seed 1000 + seed).")
+               "chosen hyperparameters re-evaluated under the final protocol (seed 1000 + seed). '-' at a search "
+               "fraction: the method's trials are an oracle's estimates (the bilevel method's bank estimate or "
+               "partially trained network), not evaluations, so only its final value is ranked.")
+
+
+def _dashed(table: pd.DataFrame) -> pd.DataFrame:
+    """Missing values shown as '-' (a rank that does not exist, not a number)."""
+    return table.astype(object).where(table.notna(), "-")
 
 
 def markdown(comp: Comparison) -> str:
     out = ["# diffhpo comparison", "", POINTS_TEXT, ""]
     for f in comp.friedman:
         out += [f"## All tasks, profile {f.profile}", "", ranks_mod.describe(f), "",
-                f.mean_ranks.round(2).rename_axis("method").reset_index().to_markdown(index=False), ""]
+                _dashed(f.mean_ranks.round(2).rename_axis("method").reset_index()).to_markdown(index=False), ""]
         tt = tasks_table(comp, f.profile)
         if len(tt):
             out += [TASKS_CAPTION, "", tt.to_markdown(index=False), ""]
@@ -145,7 +152,7 @@ def markdown(comp: Comparison) -> str:
         out += [f"## {task} ({profile} profile)", "", reference_text(comp, task, profile), "",
                 "Regret, median [25%, 75%] over seeds:", "",
                 regret_table(comp, task, profile).to_markdown(index=False), "",
-                "Mean rank over seeds (1 = best):", "", rank_table(comp, task, profile).to_markdown(index=False), ""]
+                "Mean rank over seeds (1 = best):", "", _dashed(rank_table(comp, task, profile)).to_markdown(index=False), ""]
         pt = pair_table(comp, task, profile)
         if len(pt):
             out += ["Pairs of methods, final values over seeds:", "", pt.to_markdown(index=False), ""]

@@ -53,7 +53,8 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
             row = dict(key)
             row.update(
                 number=t.number, state=t.state.name, value=t.value, worker=u.get("worker", ""),
-                oracle="hypergrad" in u, counted=counted, budget_fraction=spent / budget,
+                oracle="hypergrad" in u, estimate="hypergrad" in u and not u.get("evaluated", False),
+                counted=counted, budget_fraction=spent / budget,
                 cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),

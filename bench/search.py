@@ -265,6 +265,7 @@ def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
                 extra: dict[str, Any] = {
                     "hypergrad": {k: float(v) for k, v in result.grad.items()},
                     "iteration": octx.iteration, "gamma": octx.gamma, **result.info,
+                    "evaluated": bool(getattr(result, "evaluated", False)),
                 }
             elif task.has_fidelity:
                 metrics, extra = task.evaluate(params, cell.seed, report=reporter), {}

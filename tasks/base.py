@@ -67,12 +67,18 @@ class OracleResult:
 
     ``grad`` holds d(primary metric)/d(param) in each parameter's natural scale (not in
     log scale); the method converts. ``cost`` is in the task's cost unit.
+
+    ``evaluated``: whether ``metrics`` are what :meth:`Task.evaluate` returns at these
+    parameters (``quadratic``: the exact lower-level solution). Otherwise (the default)
+    they are the oracle's *estimates* (the reward tasks' bank estimate, the single loop's
+    partially trained network), and the report does not count them as search values.
     """
 
     metrics: dict[str, float]
     grad: dict[str, float]
     cost: float
     info: dict[str, float] = field(default_factory=dict)
+    evaluated: bool = False
 
 
 class Task(abc.ABC):

@@ -275,3 +275,36 @@ def test_a_task_whose_trials_all_failed_is_reported_without_curves(tmp_path):
     assert written["html"].exists() and "synth_smoke_regret" in written and "broken_smoke_regret" not in written
     ranks_ = pd.read_csv(written["ranks"])
     assert (ranks_[ranks_.task == "broken"]["rank final"] == 1.5).all()  # no value: a tie
+
+
+def _oracle_trials(values, *, evaluated):
+    """Outer iterations of a first-order method: values that are the oracle's estimates
+    (``evaluated`` False) or real evaluations (True)."""
+    return [create_trial(value=v, params={"x": float(i)}, distributions=DIST,
+                         user_attrs={"cost": 1.0, "wall_s": 0.1, "ask_s": 0.0, "hypergrad": {"x": 1.0},
+                                     "evaluated": evaluated})
+            for i, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_oracle_estimates_are_not_search_values(tmp_path, evaluated):
+    """An oracle whose optimistic estimates (0.0, better than anything) would top every
+    search fraction: as estimates they give no search value and no rank there; its final
+    value (worse than good's) ranks as any other. Evaluated oracle values count."""
+    storage = synth_storage(f"sqlite:///{tmp_path}/s.db", range(6))
+    for s in range(6):
+        add_cell(storage, "oracle", s, [], 0.3 + 0.01 * s, extra_trials=_oracle_trials([0.0] * 4, evaluated=evaluated))
+    trials, cells = collect(storage)
+    comp = compare(trials, cells)
+    p = comp.points.set_index(["method", "seed", "at"])
+    r = ranks.per_task(comp.points).set_index("method")
+    if evaluated:
+        assert p.value[("oracle", 0, "25%")] == 0.0 and r.loc["oracle", "rank 25%"] == 1.0
+    else:
+        assert math.isnan(p.value[("oracle", 0, "25%")]) and bool(p.estimated[("oracle", 0, "25%")])
+        assert math.isnan(r.loc["oracle", "rank 25%"]) and r.loc["good", "rank 25%"] == 1.0
+        assert r.loc["bad", "rank 100%"] == 2.0  # ranked as if the oracle method were absent
+    assert r.loc["oracle", "rank final"] == 2.0 and r.loc["good", "rank final"] == 1.0
+    across = ranks.across_tasks(comp.points)[0].mean_ranks
+    assert math.isnan(across.loc["oracle", "rank 50%"]) != evaluated
+    assert across.loc["oracle", "rank final"] == 2.0

@@ -3,7 +3,10 @@
 **Per task.** For each seed, the methods of a task are ranked by their value at 25%, 50%
 and 100% of the budget (best-so-far search values) and by their final-protocol value
 (rank 1 = best; ties share the average rank; a method with no value yet at that fraction,
-or a cell that failed, ranks last). The table gives the mean rank over seeds.
+or a cell that failed, ranks last). The table gives the mean rank over seeds. A method
+whose trials are oracle estimates (the bilevel method on the reward and schedule tasks,
+see :mod:`.regret`) has no search value: it is left out of the ranks at 25%, 50% and
+100% (shown blank) and ranked by its final value only.
 
 **Across tasks** (per profile). Each (task, seed) run is one block: the methods run on
 every task of the profile are ranked within each block by their final-protocol value, and
@@ -44,8 +47,27 @@ def _signed(pts: pd.DataFrame) -> pd.Series:
     return pts.value.where(pts.direction != "maximize", -pts.value)
 
 
-def _block_ranks(matrix: pd.DataFrame) -> pd.DataFrame:
-    return matrix.rank(axis=1, method="average", na_option="bottom")
+def _block_ranks(matrix: pd.DataFrame, estimated: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Ranks within each row (block), missing values last. Entries of ``estimated`` (cells
+    without search values by design) are then blanked: ranked last, they left the other
+    methods' ranks what they would be without them."""
+    ranks = matrix.rank(axis=1, method="average", na_option="bottom")
+    return ranks if estimated is None else ranks.mask(estimated.reindex_like(ranks).fillna(False).astype(bool))
+
+
+def _mean_rank(matrix: pd.DataFrame, estimated: pd.DataFrame) -> pd.Series:
+    """Mean rank over blocks; blank for a method with an estimate-only cell in any block
+    (a mean over the remaining blocks would compare it on other tasks than the rest)."""
+    flags = estimated.reindex_like(matrix).fillna(False).astype(bool)
+    return _block_ranks(matrix, flags).mean(axis=0).mask(flags.any(axis=0))
+
+
+def _matrix(g: pd.DataFrame, at: str, index) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(signed values, estimated flags) at ``at``: blocks x methods."""
+    rows = g[g["at"] == at]
+    flags = rows.assign(estimated=rows["estimated"].astype(bool) if "estimated" in rows else False)
+    return (rows.pivot(index=index, columns="method", values="signed"),
+            flags.pivot(index=index, columns="method", values="estimated"))
 
 
 def per_task(pts: pd.DataFrame) -> pd.DataFrame:
@@ -55,8 +77,7 @@ def per_task(pts: pd.DataFrame) -> pd.DataFrame:
     for (task, profile), g in pts.groupby(["task", "profile"], sort=True):
         table = {}
         for at in ORDER:
-            matrix = g[g["at"] == at].pivot(index="seed", columns="method", values="signed")
-            table[f"rank {at}"] = _block_ranks(matrix).mean(axis=0)
+            table[f"rank {at}"] = _block_ranks(*_matrix(g, at, "seed")).mean(axis=0)
         df = pd.DataFrame(table)
         df.insert(0, "seeds", g[g["at"] == FINAL].groupby("method").seed.nunique())
         df = df.reset_index().rename(columns={"index": "method"})
@@ -98,10 +119,9 @@ def across_tasks(pts: pd.DataFrame) -> list[Friedman]:
         common = sorted(set.intersection(*(set(per[t]) for t in tasks)))
         excluded = sorted(set(g.method) - set(common))
         g = g[g.method.isin(common)]
-        mats = {at: g[g["at"] == at].pivot(index=["task", "seed"], columns="method", values="signed")
-                for at in ORDER}
-        final = mats[FINAL].dropna()
-        mean_ranks = pd.DataFrame({f"rank {at}": _block_ranks(mats[at].loc[final.index]).mean(axis=0) for at in ORDER})
+        mats = {at: _matrix(g, at, ["task", "seed"]) for at in ORDER}
+        final = mats[FINAL][0].dropna()
+        mean_ranks = pd.DataFrame({f"rank {at}": _mean_rank(*(m.loc[final.index] for m in mats[at])) for at in ORDER})
         mean_ranks = mean_ranks.sort_values(f"rank {FINAL}")
         res = Friedman(profile=str(profile), methods=common, excluded=excluded, n_blocks=len(final),
                        n_tasks=final.index.get_level_values(0).nunique(), mean_ranks=mean_ranks)

@@ -12,6 +12,15 @@ re-evaluated with seed 1000 + seed, the same for every method. So ``25%``, ``50%
 ``100%`` are search values on one scale (the curves use them too), and ``final`` is the
 value the method delivers; they differ where evaluations are noisy.
 
+**Estimates are not search values.** A bilevel outer iteration's value is the oracle's
+estimate at its iterate where the task says so (``OracleResult.evaluated`` false): the
+reward tasks' bank estimate of the upper score, or the FID of the single loop's partially
+trained network. Neither is an evaluation of the configuration, and the bank estimate is
+optimistic where its effective sample size is small, so those trials give no value at
+25%, 50% or 100% (NaN; the ranks there leave such a method out, see
+:mod:`.ranks`); the method's ``final`` value ranks as every other. ``quadratic``'s oracle
+solves the lower level exactly, so its values count.
+
 **Best value** of a task and profile: the task's exact optimum of the primary metric
 (study attribute ``optimum``) where the task knows it, otherwise the best final value of
 any method in the storage (``best_source`` says which). Search values can beat a best
@@ -46,8 +55,10 @@ def _maximise(direction: str) -> bool:
 
 def search_path(trials: pd.DataFrame, maximise: bool) -> pd.DataFrame:
     """One cell's best-so-far search value after each completed counted trial, with its
-    budget fraction (capped at 1) and cumulative search seconds."""
-    t = trials[trials.counted.astype(bool) & (trials.state == "COMPLETE") & trials.value.notna()]
+    budget fraction (capped at 1) and cumulative search seconds. Trials whose value is an
+    oracle's estimate (column ``estimate``) are not search values and are left out."""
+    estimate = trials["estimate"].astype(bool) if "estimate" in trials else False
+    t = trials[trials.counted.astype(bool) & (trials.state == "COMPLETE") & trials.value.notna() & ~estimate]
     t = t.sort_values("number")
     best = t.value.cummax() if maximise else t.value.cummin()
     return pd.DataFrame({
@@ -72,18 +83,21 @@ def _cell_trials(trials: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
 
 def points(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Long frame: one row per cell and ``at`` in 25%, 50%, 100% (search values) and
-    final (final-protocol value), with ``value`` and ``direction``."""
+    final (final-protocol value), with ``value``, ``direction`` and ``estimated`` (true at
+    the search fractions of a cell whose trials are all oracle estimates: it has no search
+    value by design, not for want of a trial)."""
     by_cell = _cell_trials(trials)
     rows = []
     for _, c in cells.iterrows():
         key = tuple(c[k] for k in KEYS)
         t = by_cell.get(key)
         final_col = f"final_{c.primary}"
-        base = {k: c[k] for k in KEYS} | {"primary": c.primary, "direction": c.direction}
+        base = {k: c[k] for k in KEYS} | {"primary": c.primary, "direction": c.direction, "estimated": False}
         if t is not None:
             path = search_path(t, _maximise(c.direction))
+            estimated = path.empty and "estimate" in t and bool(t["estimate"].astype(bool).any())
             for label, vals in zip(AT, value_at(path, np.array(list(AT.values())))):
-                rows.append(base | {"at": label, "value": vals})
+                rows.append(base | {"at": label, "value": vals, "estimated": estimated})
         else:
             rows += [base | {"at": label, "value": np.nan} for label in AT]
         rows.append(base | {"at": FINAL, "value": float(c[final_col]) if final_col in c and pd.notna(c[final_col]) else np.nan})
