@@ -31,7 +31,7 @@ What the preset sets, number by number (sampler side, here; oracle side in
   ``(epochs - initial_epoch) * len(loader)`` = 469 (one MNIST epoch at batch 128). Ours
   spans the outer iterations the cell's budget allows (:func:`cycle_length`): after
   iteration 0 the sampler knows its cost ``c0`` and the cost of every later iteration
-  ``c1`` (the oracle's ``cost_next``; else ``c0``), and the runner starts trials while
+  ``c1`` (the oracle's ``next_iteration_cost``; else ``c0``), and the runner starts trials while
   the spent cost is below the budget ``B``, so the cell makes ``N = 1 + ceil((B - c0)/c1)``
   outer iterations and ``N`` steps (the output iterate includes the last one's). Without a
   budget (the sampler outside the runner) and without ``cycle_length``, the reference's
@@ -84,7 +84,7 @@ def cycle_length(trials: Sequence[FrozenTrial], budget: float | None, fixed: int
         return None
     attrs = trials[0].user_attrs
     c0 = float(attrs.get("cost", 1.0))
-    c1 = float(attrs.get("cost_next", c0))
+    c1 = float(attrs.get("next_iteration_cost", c0))
     if c0 >= budget or c1 <= 0:
         return 1
     return 1 + math.ceil((budget - c0) / c1 - 1e-9)

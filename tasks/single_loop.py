@@ -362,7 +362,7 @@ class SingleLoop:
             "loss_y": float(np.mean(losses_y)) if losses_y else float("nan"),
             "loss_z": float(np.mean(losses_z)) if losses_z else float("nan"),
             "yz_distance": yz, "train_step": float(st["step"]), "upper_weight": w,
-            "cost_next": sum(self.iteration_work(False, cfg).values()) / self.unit_work(),
+            "next_iteration_cost": sum(self.iteration_work(False, cfg).values()) / self.unit_work(),
         }
         for i, n in enumerate(names):
             info[f"zo_{n}"] = float(zo[i])

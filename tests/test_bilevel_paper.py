@@ -36,8 +36,8 @@ def test_make_sampler_passes_the_tasks_natural_rates_and_the_budget():
     assert s.budget == 3.0 and s.preset == "paper"
 
 
-def trial_with_costs(cost, cost_next=None):
-    attrs = {"cost": cost} | ({"cost_next": cost_next} if cost_next is not None else {})
+def trial_with_costs(cost, next_iteration_cost=None):
+    attrs = {"cost": cost} | ({"next_iteration_cost": next_iteration_cost} if next_iteration_cost is not None else {})
     return create_trial(value=0.0, user_attrs=attrs)
 
 
@@ -110,5 +110,5 @@ def test_oracle_under_the_preset_reports_its_next_cost(tmp_path):
     loop = SingleLoop(task)
     cfg, _ = loop.settings(OracleContext(0, 1.0, preset="paper"))
     assert r.cost == pytest.approx(sum(loop.iteration_work(True, cfg).values()) / loop.unit_work())
-    assert r.info["cost_next"] == pytest.approx(sum(loop.iteration_work(False, cfg).values()) / loop.unit_work())
+    assert r.info["next_iteration_cost"] == pytest.approx(sum(loop.iteration_work(False, cfg).values()) / loop.unit_work())
     assert r.info["train_step"] == round(2 / 3 * task.train_steps) + 10
