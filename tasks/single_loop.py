@@ -45,7 +45,15 @@ One call of :meth:`SingleLoop.iterate` is one outer iteration k:
    (common random numbers), converted back to natural units;
 5. the metrics at ``q``: those of ``z`` (the model trained under q) from ``search_samples``
    samples with the same noise as every black-box evaluation of the cell;
-6. checkpoint, return ``grad = zo + penalty`` (d f / d q in natural units) and the cost.
+6. checkpoint, return ``grad = zo + penalty`` (d f / d q in natural units) and the cost
+   (and ``next_iteration_cost``, the cost of every later iteration, for the paper preset's
+   one-cycle length).
+
+The method's oracle context may ask for the reference code's iteration (``preset="paper"``:
+:data:`PAPER_LOOP`, for the settings the user did not give as task options) and for an
+ablation of the zeroth-order term (``zo_term="off"``: zero, ``"noise"``: Gaussian noise of
+the estimate's norm, :func:`ablated`; the estimate is still computed and recorded as
+``zo_<name>``, the term used as ``zo_used_<name>``, so the cost does not change).
 
 Choices where the paper leaves freedom (measured on ``mnist-schedule``; see
 :mod:`.mnist_schedule.bilevel` for the figures):
