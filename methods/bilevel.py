@@ -545,8 +545,9 @@ class BilevelOptions:
     weight_decay: float = option(0.01, "adamw: decoupled weight decay (natural units)", ge=0, le=1)
     cycle_length: int = option(0, "one-cycle: steps of the cycle (0: the outer iterations the budget allows)",
                                ge=0, le=10**7)
-    gamma0: float = option(10.0, "penalty weight at iteration 0", gt=0, le=1e12)
-    gamma_growth: float = option(1.5, "penalty weight factor per iteration", ge=1, le=100)
+    gamma0: float = option(10.0, "penalty weight at iteration 0 (the preset's unless given)", gt=0, le=1e12)
+    gamma_growth: float = option(1.5, "penalty weight factor per iteration (the preset's unless given)", ge=1,
+                                 le=100)
     gamma_max: float = option(1e4, "largest penalty weight", gt=0, le=1e12)
     zo_term: str = option("on", "ablation switch of the single-loop oracles: their zeroth-order term on, off (zero) "
                           "or noise (Gaussian of the same norm)", choices=ZO_TERMS)
