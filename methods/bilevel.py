@@ -11,14 +11,30 @@ in normalised coordinates (each parameter mapped to [0, 1] over its range, throu
 for log-scale parameters). ``g_k`` is the hypergradient of the loss (the objective,
 negated when it is maximised) in those coordinates. The step is
 
-* ``rprop`` (default): per-coordinate sign steps whose size grows x1.2 while the sign of
-  the gradient holds and halves when it flips (Riedmiller & Braun, 1993). Robust to the
-  scale of the hypergradient, which spans decades across tasks and changes with gamma;
-* ``adam``: Adam moments with step ``lr``;
+* ``rprop`` (default): Rprop step sizes driven by the sign of a momentum of the gradient,
+  Adam-normalised steps, shrinking at a sign flip by the factor under which the size is a
+  martingale for a pure-noise gradient (:mod:`.step_rules`: the step does not collapse when
+  a noisy hypergradient flips its sign at random, and still converges without noise).
+  Robust to the scale of the hypergradient, which spans decades across tasks and changes
+  with gamma;
+* ``irprop``: iRprop- on the raw gradient (the default before issue 18; its step collapses
+  under noise);
+* ``adam``: Adam moments with step ``lr``; ``adamw``: AdamW in natural units with
+  per-parameter learning rates ``natural_lr``, weight decay and optionally a one-cycle
+  schedule (``lr_schedule``), the paper preset's rule;
 * ``sgd``: plain ``lr * g``.
 
 The penalty weight of the oracle grows as ``gamma_k = min(gamma0 * gamma_growth**k,
 gamma_max)`` (method.md: "gamma grows over iterations").
+
+**Presets.** ``preset="paper"`` (``--method-option bilevel.preset=paper``) reproduces the
+reference code's schedule-tuning update rule and iteration structure within the budget
+accounting: AdamW with the task's natural-unit learning rates under a one-cycle policy,
+gamma held at 1, and (through the oracle context) the single loop's reference iteration
+(:mod:`.bilevel_paper`, :data:`diffhpo.tasks.single_loop.PAPER_LOOP`). Settings given
+explicitly win over the preset's. ``zo_term`` (``on``, ``off``, ``noise``) is an
+ablation switch passed to the oracle: the single loop then drops its zeroth-order term
+or replaces it by Gaussian noise of the same norm (``benchmarks/bilevel_ablation.py``).
 
 **Zeroth-order fallback.** When the objective reports no hypergradient (a black-box
 task), the gradient is estimated from function values (method.md, "Zeroth-order
@@ -104,10 +120,12 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ..bench.options import option
-from ..tasks.base import OracleContext
+from ..tasks.base import ZO_TERMS, OracleContext
 from . import space as sp
 from .base import Method, MethodContext
+from . import bilevel_paper as paper
 from .seeding import derive_seed
+from .step_rules import RULES, StepRule
 from .zeroth_order import forward_estimate, gaussian_directions, orthonormal_directions, two_point_estimate
 
 SLOT_KEY = "bilevel:slot"
@@ -170,14 +188,18 @@ class _Coords:
         internal = self.box[:, 0] + u * (self.box[:, 1] - self.box[:, 0])
         return {n: sp.from_internal(self.space[n], float(v)) for n, v in zip(self.names, internal)}
 
-    def grad_to_unit(self, params: Mapping[str, Any], grad: Mapping[str, float]) -> np.ndarray:
-        """d/d(normalised coordinate) from d/d(natural parameter) (chain rule)."""
+    def unit_per_natural(self, params: Mapping[str, Any]) -> np.ndarray:
+        """``du/dq`` per coordinate at ``params``: ``1/width``, through log for log-scale ones."""
         out = np.empty(len(self.names))
         for i, n in enumerate(self.names):
             width = self.box[i, 1] - self.box[i, 0]
             scale = float(params[n]) if sp.is_log(self.space[n]) else 1.0
-            out[i] = float(grad[n]) * width * scale
+            out[i] = 1.0 / (width * scale)
         return out
+
+    def grad_to_unit(self, params: Mapping[str, Any], grad: Mapping[str, float]) -> np.ndarray:
+        """d/d(normalised coordinate) from d/d(natural parameter) (chain rule)."""
+        return np.array([float(grad[n]) for n in self.names]) / self.unit_per_natural(params)
 
 
 class BilevelSampler(BaseSampler):
@@ -189,14 +211,21 @@ class BilevelSampler(BaseSampler):
         *,
         start: Mapping[str, Any] | None = None,
         mode: str = "auto",
-        optimizer: str = "rprop",
+        preset: str = "default",
+        optimizer: str | None = None,
         step: float = 0.04,
         step_max: float = 0.15,
         step_min: float = 1e-5,
         lr: float = 0.05,
-        gamma0: float = 10.0,
-        gamma_growth: float = 1.5,
+        lr_schedule: str | None = None,
+        weight_decay: float | None = None,
+        natural_lr: Mapping[str, float] | None = None,
+        budget: float | None = None,
+        cycle_length: int = 0,
+        gamma0: float | None = None,
+        gamma_growth: float | None = None,
         gamma_max: float = 1e4,
+        zo_term: str = "on",
         zo_scheme: str = "forward",
         zo_directions: int = 2,
         zo_delta: float = 0.02,
@@ -207,8 +236,15 @@ class BilevelSampler(BaseSampler):
     ) -> None:
         if mode not in ("auto", "oracle", "zo"):
             raise ValueError("mode must be 'auto', 'oracle' or 'zo'")
-        if optimizer not in ("rprop", "adam", "sgd"):
-            raise ValueError("optimizer must be 'rprop', 'adam' or 'sgd'")
+        self.preset = preset
+        optimizer = paper.resolved(preset, "optimizer", optimizer)
+        if optimizer not in RULES:
+            raise ValueError(f"optimizer must be one of {', '.join(map(repr, RULES))}")
+        lr_schedule = paper.resolved(preset, "lr_schedule", lr_schedule)
+        if lr_schedule not in ("constant", "one-cycle"):
+            raise ValueError("lr_schedule must be 'constant' or 'one-cycle'")
+        if zo_term not in ZO_TERMS:
+            raise ValueError(f"zo_term must be one of {', '.join(map(repr, ZO_TERMS))}")
         if zo_scheme not in ("forward", "central"):
             raise ValueError("zo_scheme must be 'forward' or 'central'")
         if zo_central not in ("on-failure", "never", "always"):
@@ -220,7 +256,13 @@ class BilevelSampler(BaseSampler):
         self.mode = mode
         self.optimizer = optimizer
         self.step, self.step_max, self.step_min, self.lr = step, step_max, step_min, lr
-        self.gamma0, self.gamma_growth, self.gamma_max = gamma0, gamma_growth, gamma_max
+        self.lr_schedule, self.weight_decay = lr_schedule, float(paper.resolved(preset, "weight_decay", weight_decay))
+        self.natural_lr = dict(natural_lr or {})
+        self.budget, self.cycle_length = budget, int(cycle_length)
+        self.gamma0 = float(paper.resolved(preset, "gamma0", gamma0))
+        self.gamma_growth = float(paper.resolved(preset, "gamma_growth", gamma_growth))
+        self.gamma_max = gamma_max
+        self.zo_term = zo_term
         self.zo_scheme, self.zo_directions, self.zo_delta = zo_scheme, int(zo_directions), zo_delta
         self.zo_step, self.zo_step_max, self.zo_central = zo_step, zo_step_max, zo_central
         self.seed = seed
@@ -277,20 +319,33 @@ class BilevelSampler(BaseSampler):
             return self._replay_central(coords, done, sign)
         return self._replay_forward(coords, done, sign)
 
+    def _rule(self, coords: _Coords, first: FrozenTrial | None) -> StepRule | None:
+        """The step rule of this trajectory (None: its one-cycle length is not known yet)."""
+        natural = np.array([n in self.natural_lr for n in coords.names])
+        lr = np.array([float(self.natural_lr.get(n, self.lr)) for n in coords.names])
+        total = None
+        if self.optimizer == "adamw" and self.lr_schedule == "one-cycle":
+            total = paper.cycle_length([first] if first is not None else [], self.budget, self.cycle_length)
+            if total is None:
+                return None
+        return StepRule(self.optimizer, len(coords.names), step=self.step, step_max=self.step_max,
+                        step_min=self.step_min, lr=lr, weight_decay=self.weight_decay, natural=natural, total=total)
+
     def _replay_oracle(self, coords: _Coords, done: dict, sign: float) -> _State:
         u, k = coords.u0.copy(), 0
-        opt = _Optimizer(self, len(u))
+        opt = self._rule(coords, done.get((0, 0, 0)))
         while True:
             t = done.get((k, 0, 0))
             if t is None or GRAD_KEY not in t.user_attrs:
                 return _State(k, u, "oracle", {(0, 0): u})
             g = sign * coords.grad_to_unit(t.params, t.user_attrs[GRAD_KEY])
-            u = np.clip(u - opt.step(g), 0.0, 1.0)
+            value = np.array([float(t.params[n]) for n in coords.names])
+            u = np.clip(u - opt.step(g, coords.unit_per_natural(t.params), value), 0.0, 1.0)
             k += 1
 
     def _replay_central(self, coords: _Coords, done: dict, sign: float) -> _State:
         u, k = coords.u0.copy(), 0
-        opt = _Optimizer(self, len(u))
+        opt = self._rule(coords, next(iter(done.values()), None))
         while True:
             dirs = self._directions(k, len(u))
             slots = [(d, s) for d in range(self.zo_directions) for s in (1, -1)]
@@ -467,38 +522,7 @@ class BilevelSampler(BaseSampler):
         trial sampled independently: the first trial of a study whose space is inferred)."""
         slot = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_KEY, [0])
         k = int(slot[0])
-        return OracleContext(iteration=k, gamma=self.gamma(k))
-
-
-class _Optimizer:
-    """The step rule, replayed from the gradient sequence (no stored state)."""
-
-    def __init__(self, sampler: BilevelSampler, dim: int) -> None:
-        self.s = sampler
-        self.k = 0
-        self.size = np.full(dim, sampler.step)
-        self.prev = np.zeros(dim)
-        self.m = np.zeros(dim)
-        self.v = np.zeros(dim)
-
-    def step(self, g: np.ndarray) -> np.ndarray:
-        s = self.s
-        self.k += 1
-        if s.optimizer == "sgd":
-            return s.lr * g
-        if s.optimizer == "adam":
-            b1, b2 = 0.9, 0.999
-            self.m = b1 * self.m + (1 - b1) * g
-            self.v = b2 * self.v + (1 - b2) * g * g
-            mh, vh = self.m / (1 - b1**self.k), self.v / (1 - b2**self.k)
-            return s.lr * mh / (np.sqrt(vh) + 1e-12)
-        # rprop (iRprop-): grow on agreement, shrink and skip on a sign flip
-        agree = g * self.prev
-        self.size = np.where(agree > 0, np.minimum(self.size * 1.2, s.step_max), self.size)
-        self.size = np.where(agree < 0, np.maximum(self.size * 0.5, s.step_min), self.size)
-        g = np.where(agree < 0, 0.0, g)
-        self.prev = g
-        return np.sign(g) * self.size
+        return OracleContext(iteration=k, gamma=self.gamma(k), preset=self.preset, zo_term=self.zo_term)
 
 
 @dataclass(frozen=True)
@@ -506,14 +530,27 @@ class BilevelOptions:
     """``--method-option bilevel.KEY=VALUE``: the sampler's settings, with their ranges
     (defaults as in :class:`BilevelSampler`)."""
 
-    optimizer: str = option("rprop", "step rule", choices=("rprop", "adam", "sgd"))
+    preset: str = option("default", "default, or paper: the reference code's update rule and iteration structure "
+                         "(AdamW, per-parameter natural-unit rates, one-cycle, gamma 1, 10 inner steps, one "
+                         "direction, delta 0.01; methods/bilevel_paper.py); options given explicitly win",
+                         choices=tuple(paper.PRESETS))
+    optimizer: str = option("rprop", "step rule (the preset's unless given)", choices=RULES)
     step: float = option(0.04, "rprop: initial step in normalised coordinates", gt=0, le=1)
     step_max: float = option(0.15, "rprop: largest step", gt=0, le=1)
     step_min: float = option(1e-5, "rprop: smallest step", gt=0, le=1)
-    lr: float = option(0.05, "adam / sgd: learning rate", gt=0, le=1e6)
-    gamma0: float = option(10.0, "penalty weight at iteration 0", gt=0, le=1e12)
-    gamma_growth: float = option(1.5, "penalty weight factor per iteration", ge=1, le=100)
+    lr: float = option(0.05, "adam / sgd: learning rate (adamw: for parameters without a natural-unit rate)",
+                       gt=0, le=1e6)
+    lr_schedule: str = option("constant", "adamw: constant or one-cycle (the preset's unless given)",
+                              choices=("constant", "one-cycle"))
+    weight_decay: float = option(0.01, "adamw: decoupled weight decay (natural units)", ge=0, le=1)
+    cycle_length: int = option(0, "one-cycle: steps of the cycle (0: the outer iterations the budget allows)",
+                               ge=0, le=10**7)
+    gamma0: float = option(10.0, "penalty weight at iteration 0 (the preset's unless given)", gt=0, le=1e12)
+    gamma_growth: float = option(1.5, "penalty weight factor per iteration (the preset's unless given)", ge=1,
+                                 le=100)
     gamma_max: float = option(1e4, "largest penalty weight", gt=0, le=1e12)
+    zo_term: str = option("on", "ablation switch of the single-loop oracles: their zeroth-order term on, off (zero) "
+                          "or noise (Gaussian of the same norm)", choices=ZO_TERMS)
     zo_scheme: str = option("forward", "zeroth-order fallback: forward (one-sided differences sharing the centre "
                             "value, accepted or rejected steps) or central (method.md's two-point pairs)",
                             choices=("forward", "central"))
@@ -533,8 +570,10 @@ class BilevelOptions:
 
 def make_sampler(ctx: MethodContext) -> BilevelSampler:
     mode = "oracle" if ctx.task.has_oracle else "zo"
+    natural_lr = getattr(ctx.task, "reference_learning_rates", None)
     return BilevelSampler(
-        ctx.search_space, start=ctx.task.default_params(), mode=mode, seed=ctx.seed, **dict(ctx.options)
+        ctx.search_space, start=ctx.task.default_params(), mode=mode, seed=ctx.seed, budget=ctx.budget,
+        natural_lr=natural_lr, **dict(ctx.options)
     )
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DIRECTIONS = ("minimize", "maximize")
+ZO_TERMS = ("on", "off", "noise")  # OracleContext.zo_term: the single loop's ablation switch
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,20 @@ class Metric:
 
 @dataclass
 class OracleContext:
-    """What the bilevel method tells the task's oracle about the current outer iteration."""
+    """What the bilevel method tells the task's oracle about the current outer iteration.
+
+    ``preset``: the method's preset (``"paper"``: an oracle that knows the reference code's
+    iteration structure uses it, :data:`diffhpo.tasks.single_loop.PAPER_LOOP`, except for
+    settings the user gave as task options, :attr:`Task.given_options`). ``zo_term``: an
+    ablation switch for oracles with a zeroth-order term (``on``; ``off``: the term is
+    zero; ``noise``: Gaussian noise of the term's norm); other oracles ignore both."""
 
     iteration: int
     gamma: float
     workdir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    preset: str = "default"
+    zo_term: str = "on"
 
 
 @dataclass
@@ -109,6 +118,7 @@ class Task(abc.ABC):
             )
         self.profile = profile
         self.config = apply_options(f"task {self.name!r}", self.profiles[profile], options)
+        self.given_options = frozenset(options)  # set by the user: a method preset does not override them
 
     # -- declarations -------------------------------------------------------------------
     @property

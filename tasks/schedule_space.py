@@ -20,6 +20,11 @@ from .mnist_schedule import schedules as S
 
 class ScheduleSpace:
     grid_params: tuple[str, str] = ("q_e", "q_tau")
+    #: The reference code's AdamW learning rates of (q_s, q_e, q_tau, q_eps) in natural units
+    #: (method.md, "What the reference code actually does"; its README's ``--lr_beta 0.05 0.05
+    #: 1 0.05``), used by the bilevel paper preset (:mod:`diffhpo.methods.bilevel_paper`).
+    #: The same for both families: the reference passes one list whatever the family.
+    reference_learning_rates: dict[str, float] = {"q_s": 0.05, "q_e": 0.05, "q_tau": 1.0, "q_eps": 0.05}
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -45,7 +45,15 @@ One call of :meth:`SingleLoop.iterate` is one outer iteration k:
    (common random numbers), converted back to natural units;
 5. the metrics at ``q``: those of ``z`` (the model trained under q) from ``search_samples``
    samples with the same noise as every black-box evaluation of the cell;
-6. checkpoint, return ``grad = zo + penalty`` (d f / d q in natural units) and the cost.
+6. checkpoint, return ``grad = zo + penalty`` (d f / d q in natural units) and the cost
+   (and ``next_iteration_cost``, the cost of every later iteration, for the paper preset's
+   one-cycle length).
+
+The method's oracle context may ask for the reference code's iteration (``preset="paper"``:
+:data:`PAPER_LOOP`, for the settings the user did not give as task options) and for an
+ablation of the zeroth-order term (``zo_term="off"``: zero, ``"noise"``: Gaussian noise of
+the estimate's norm, :func:`ablated`; the estimate is still computed and recorded as
+``zo_<name>``, the term used as ``zo_used_<name>``, so the cost does not change).
 
 Choices where the paper leaves freedom (measured on ``mnist-schedule``; see
 :mod:`.mnist_schedule.bilevel` for the figures):
@@ -69,6 +77,7 @@ Choices where the paper leaves freedom (measured on ``mnist-schedule``; see
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -86,8 +95,22 @@ from .base import OracleContext, OracleResult
 from .mnist_schedule import schedules as S
 from .mnist_schedule import training as tr
 
-ZO_NOISE, QGRAD_BATCH = 31, 33  # derive_seed purpose tags
+ZO_NOISE, QGRAD_BATCH, ZO_ABLATION = 31, 33, 34  # derive_seed purpose tags
 CKPT_VERSION = 1
+#: The reference code's single-loop iteration, used under the bilevel paper preset
+#: (``OracleContext.preset == "paper"``, :mod:`diffhpo.methods.bilevel_paper`) for every
+#: setting the user did not give as a task option. Sources (method.md, "What the reference
+#: code actually does"; the reference README's command ``--inner_loop 10 --initial_epoch 2
+#: --epochs 3``, its ``--delta`` default 0.01):
+#: ``bl_warmup`` 2/3 (2 of 3 epochs before q moves); ``bl_inner_steps`` 10 (its 10 steps on
+#: the plain network per q-update; ours takes them on both networks, the reference 1 on the
+#: penalised one); ``bl_zo_directions`` 1 (one Gaussian direction); ``bl_zo_delta`` 0.01 in
+#: *natural* units of q (the reference perturbs q itself: :data:`PAPER_NATURAL_DELTA`). Not
+#: copied: its FID from 36 samples with fresh noise per estimate (method.md lists it among
+#: the defects); the task's ``bl_zo_samples`` and common noise stay.
+PAPER_LOOP: dict[str, Any] = {"bl_warmup": 2.0 / 3.0, "bl_inner_steps": 10, "bl_zo_directions": 1,
+                              "bl_zo_delta": 0.01}
+PAPER_NATURAL_DELTA = "bl_zo_delta"
 
 
 class SingleLoop:
@@ -100,18 +123,31 @@ class SingleLoop:
         self._tmpdirs: dict[int, Path] = {}
 
     # -- cost accounting -------------------------------------------------------------------
+    def settings(self, context: OracleContext) -> tuple[Any, np.ndarray | None]:
+        """The loop's settings under ``context.preset`` (:data:`PAPER_LOOP` for the ones the
+        user did not give) and the scale of the zeroth-order radius: None for the task's
+        normalised radius (a fraction of each range), ones for the preset's natural one."""
+        cfg = self.task.config
+        if context.preset != "paper":
+            return cfg, None
+        given = getattr(self.task, "given_options", frozenset())
+        changes = {k: v for k, v in PAPER_LOOP.items() if k not in given}
+        natural = np.ones(len(S.PARAM_NAMES)) if PAPER_NATURAL_DELTA in changes else None
+        return dataclasses.replace(cfg, **changes), natural
+
     def unit_work(self) -> float:
         """Network evaluations of one full training with its search-time sampling and metric."""
         c = self.task.config
         n = int(c.search_samples)
         return 3.0 * self.task.train_steps * int(c.batch_size) + n * int(c.sample_steps) + self.task.metric_work * n
 
-    def iteration_work(self, first: bool) -> dict[str, float]:
-        c = self.task.config
+    def iteration_work(self, first: bool, c=None) -> dict[str, float]:
+        """Network evaluations of one outer iteration under the loop's settings ``c`` (the task's by default)."""
+        c = self.task.config if c is None else c
         b, steps = int(c.batch_size), int(c.sample_steps)
         metric = float(self.task.metric_work)
         work = {
-            "warmup": 3.0 * (self.warmup_steps() * b + int(c.bl_qgrad_batch)) if first else 0.0,
+            "warmup": 3.0 * (self.warmup_steps(c) * b + int(c.bl_qgrad_batch)) if first else 0.0,
             "inner": 2 * 3.0 * int(c.bl_inner_steps) * b,
             "upper": 3.0 * int(c.bl_upper_batch) * (steps + metric),
             "qgrad": 2 * 3.0 * int(c.bl_qgrad_batch),
@@ -120,8 +156,9 @@ class SingleLoop:
         }
         return work
 
-    def warmup_steps(self) -> int:
-        return int(round(float(self.task.config.bl_warmup) * self.task.train_steps))
+    def warmup_steps(self, c=None) -> int:
+        c = self.task.config if c is None else c
+        return int(round(float(c.bl_warmup) * self.task.train_steps))
 
     # -- checkpoints -------------------------------------------------------------------------
     def _folder(self, seed: int, context: OracleContext) -> Path:
@@ -134,16 +171,18 @@ class SingleLoop:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _config_key(self, seed: int) -> str:
-        cfg = {k: v for k, v in asdict(self.task.config).items() if k != "budget"}
-        blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION}, sort_keys=True, default=str)
+    def _config_key(self, seed: int, config, context: OracleContext) -> str:
+        cfg = {k: v for k, v in asdict(config).items() if k != "budget"}
+        loop = {"preset": context.preset, "zo_term": context.zo_term}
+        blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION, "loop": loop}, sort_keys=True,
+                          default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @staticmethod
     def _path(folder: Path, k: int) -> Path:
         return folder / f"singleloop-{k:05d}.pt"
 
-    def _load(self, folder: Path, k: int, seed: int) -> dict[str, Any]:
+    def _load(self, folder: Path, k: int, key: str) -> dict[str, Any]:
         path = self._path(folder, k)
         if not path.is_file():
             raise RuntimeError(
@@ -151,7 +190,7 @@ class SingleLoop:
                 f"{k + 1} cannot resume; restore that folder or start the cell afresh (new --out)"
             )
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("config_key") != self._config_key(seed):
+        if state.get("config_key") != key:
             raise RuntimeError(f"{self.task.name} bilevel: {path} was written with other task settings or seed")
         return state
 
@@ -232,7 +271,9 @@ class SingleLoop:
 
     # -- one outer iteration --------------------------------------------------------------------
     def iterate(self, params: Mapping[str, Any], seed: int, context: OracleContext) -> OracleResult:
-        task, cfg = self.task, self.task.config
+        task = self.task
+        cfg, zo_scale = self.settings(context)
+        key = self._config_key(seed, cfg, context)
         k, gamma = int(context.iteration), float(context.gamma)
         folder = self._folder(seed, context)
         spec = task.optim_spec
@@ -245,12 +286,12 @@ class SingleLoop:
         # 1. state
         if k == 0:
             st = self._fresh(seed)
-            warm = self.warmup_steps()
+            warm = self.warmup_steps(cfg)
             tr.train(st["z"], ab, stream, spec, range(warm), opt=st["opt_z"], ema=st["ema_z"])
             st["step"] = warm
             st["y"], st["m_y"], st["ema_y"] = self._clone(st["z"], st["opt_z"], st["ema_z"])
         else:
-            prev = self._load(folder, k - 1, seed)
+            prev = self._load(folder, k - 1, key)
             st = self._restore(prev)
             rescale_deviation(st["y"], st["z"], float(prev["gamma"]) / gamma)
         y, z = st["y"], st["z"]
@@ -300,7 +341,8 @@ class SingleLoop:
             return task.upper_metrics(sample_y, sp, int(cfg.bl_zo_samples), zo_noise, seed)[task.primary.name]
 
         qn = q.numpy()
-        zo_np, f_plus, f_minus = zo_gradient(f_y, qn, lo, hi, float(cfg.bl_zo_delta), dirs)
+        zo_np, f_plus, f_minus = zo_gradient(f_y, qn, lo, hi, float(cfg.bl_zo_delta), dirs, scale=zo_scale)
+        zo_used = ablated(zo_np, hi - lo, context.zo_term, derive_seed(seed, ZO_ABLATION, k))
         zo = torch.tensor(zo_np, dtype=torch.float64)
 
         # 5. metrics at q: the lower-level iterate z, the cell's common evaluation noise
@@ -311,15 +353,15 @@ class SingleLoop:
 
         # 6. checkpoint and result
         state = {
-            "config_key": self._config_key(seed), "iteration": k, "q": qn.tolist(), "gamma": gamma,
+            "config_key": key, "iteration": k, "q": qn.tolist(), "gamma": gamma,
             "step": st["step"], "upper_weight": w, "y": y.state_dict(), "z": z.state_dict(),
             "m_y": [m.clone() for m in st["m_y"]], "opt_z": st["opt_z"].state_dict(),
             "ema_y": st["ema_y"].state_dict() if st["ema_y"] is not None else None,
             "ema_z": st["ema_z"].state_dict() if st["ema_z"] is not None else None,
         }
         self._save(folder, k, state)
-        grad = zo + penalty
-        work = self.iteration_work(first=(k == 0))
+        grad = torch.tensor(zo_used, dtype=torch.float64) + penalty
+        work = self.iteration_work(k == 0, cfg)
         cost = sum(work.values()) / self.unit_work()
         with torch.no_grad():
             yz = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(y.parameters(), z.parameters()))))
@@ -328,10 +370,13 @@ class SingleLoop:
             "loss_y": float(np.mean(losses_y)) if losses_y else float("nan"),
             "loss_z": float(np.mean(losses_z)) if losses_z else float("nan"),
             "yz_distance": yz, "train_step": float(st["step"]), "upper_weight": w,
+            "next_iteration_cost": sum(self.iteration_work(False, cfg).values()) / self.unit_work(),
         }
         for i, n in enumerate(names):
             info[f"zo_{n}"] = float(zo[i])
             info[f"penalty_{n}"] = float(penalty[i])
+            if context.zo_term != "on":
+                info[f"zo_used_{n}"] = float(zo_used[i])
         for part, v in work.items():
             info[f"cost_{part}"] = v / self.unit_work()
         return OracleResult(metrics=metrics, grad={n: float(grad[i]) for i, n in enumerate(names)}, cost=cost,
@@ -369,19 +414,39 @@ def _grad_norm(net) -> float:
     return float(torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in net.parameters() if p.grad is not None)))
 
 
-def zo_gradient(fn, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, delta: float, directions: np.ndarray):
+def zo_gradient(fn, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, delta: float, directions: np.ndarray,
+                scale: np.ndarray | None = None):
     """Two-point zeroth-order estimate of ``grad fn(q)`` in natural units (method.md).
 
-    The directions ``u`` live in normalised coordinates ``(q - lo) / (hi - lo)``;
-    ``fn`` is evaluated at ``Proj_box(q +/- delta * u * (hi - lo))`` and
-    ``g_unit = mean_u [fn(q+) - fn(q-)] / (2 delta) u`` (:func:`two_point_estimate`) is
-    converted by the chain rule, ``g_i = g_unit_i / (hi_i - lo_i)``. Away from the faces of
-    the box, ``E[g] = grad fn(q)`` exactly for a quadratic ``fn``. Returns ``(g, f_plus, f_minus)``.
+    The directions ``u`` live in the coordinates ``(q - lo) / scale``, ``scale = hi - lo``
+    by default (normalised: one radius suits parameters of different ranges; ones: natural
+    units, as the reference code perturbs q, the paper preset); ``fn`` is evaluated at
+    ``Proj_box(q +/- delta * u * scale)`` and ``g_unit = mean_u [fn(q+) - fn(q-)] / (2 delta) u``
+    (:func:`two_point_estimate`) is converted by the chain rule, ``g_i = g_unit_i / scale_i``.
+    Away from the faces of the box, ``E[g] = grad fn(q)`` exactly for a quadratic ``fn``.
+    Returns ``(g, f_plus, f_minus)``.
     """
-    width = hi - lo
+    width = hi - lo if scale is None else np.asarray(scale, dtype=float)
     f_plus, f_minus = [], []
     for u in directions:
         f_plus.append(float(fn(np.clip(q + delta * u * width, lo, hi))))
         f_minus.append(float(fn(np.clip(q - delta * u * width, lo, hi))))
     g_unit = two_point_estimate(f_plus, f_minus, directions, delta)
     return g_unit / width, f_plus, f_minus
+
+
+def ablated(zo: np.ndarray, width: np.ndarray, switch: str, seed: int) -> np.ndarray:
+    """The zeroth-order term the hypergradient uses under the ablation switch
+    (``OracleContext.zo_term``): ``on`` the estimate ``zo``; ``off`` zero; ``noise`` a
+    Gaussian vector with the estimate's norm in normalised coordinates (``zo * width``, the
+    coordinates the sampler steps in), drawn from ``seed``, so the control keeps the term's
+    size and loses its direction. Natural units in and out."""
+    if switch == "on":
+        return np.asarray(zo, dtype=float)
+    if switch == "off":
+        return np.zeros_like(zo, dtype=float)
+    if switch != "noise":
+        raise ValueError(f"zo_term must be on, off or noise, not {switch!r}")
+    noise = np.random.default_rng(seed).standard_normal(len(zo))
+    norm = float(np.linalg.norm(np.asarray(zo) * width))
+    return noise / np.linalg.norm(noise) * norm / width

@@ -13,7 +13,7 @@ import pytest
 optunahub = pytest.importorskip("optunahub")
 
 REGISTRY = Path(__file__).resolve().parent.parent / "optunahub"
-PACKAGES = ["samplers/diffhpo_bilevel", "benchmarks/diffhpo_quadratic"]
+PACKAGES = ["samplers/diffhpo_bilevel", "benchmarks/diffhpo_quadratic", "benchmarks/diffhpo_gmm_reward"]
 HEADER_KEYS = ["author", "title", "description", "tags", "optuna_versions", "license"]
 
 
@@ -86,6 +86,41 @@ def test_quadratic_problem_with_the_bilevel_oracle(offline):
     assert offline == []
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFHPO_CACHE", str(tmp_path / "cache"))
+
+
+def test_gmm_reward_problem_package_runs_offline(offline, private_cache):
+    module = load("benchmarks/diffhpo_gmm_reward")
+    problem = module.Problem(profile="smoke")
+    assert problem.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    assert list(problem.search_space) == ["lam"] and problem.search_space["lam"].log
+    study = optuna.create_study(directions=problem.directions, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(problem, n_trials=4)
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for t in study.trials[:2]:  # the value is the task's upper score at the trial's lambda
+        assert t.value == pytest.approx(problem.task.evaluate(t.params, 0)["upper"])
+        assert t.user_attrs["metric_regret"] >= 0  # exact regret of the tilt the parameters ask for
+    assert problem.known_optimum == pytest.approx(problem.task.known_optimum())
+    assert offline == []
+
+
+def test_gmm_reward_problem_with_the_bilevel_oracle(offline, private_cache):
+    """oracle=True: every trial records the bank's hypergradient in lambda, and the
+    iterate moves from lambda = 1 towards lambda* (about 0.79) without a guided run per trial."""
+    problem = load("benchmarks/diffhpo_gmm_reward").Problem(profile="quick", oracle=True)  # smoke's bank is too small
+    sampler = load("samplers/diffhpo_bilevel").BilevelSampler(problem.search_space, seed=0)
+    study = optuna.create_study(directions=problem.directions, sampler=sampler)
+    study.optimize(problem, n_trials=10)
+    assert all("hypergrad" in t.user_attrs and np.isfinite(t.user_attrs["hypergrad"]["lam"]) for t in study.trials)
+    lam_star = problem.task.lambda_star()
+    start = abs(np.log10(study.trials[0].params["lam"]) - np.log10(lam_star))
+    end = abs(np.log10(sampler.current_params(study)["lam"]) - np.log10(lam_star))
+    assert end < 0.5 * start
+    assert offline == []
+
+
 def test_problem_class_wraps_any_task():
     """The packages are one call each: a problem class per registered task name."""
     from diffhpo.hub import TaskProblem, problem_class
@@ -102,7 +137,7 @@ def test_problem_class_wraps_any_task():
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_examples_run_offline(package, offline, capsys):
+def test_examples_run_offline(package, offline, capsys, private_cache):
     runpy.run_path(str(REGISTRY / package / "example.py"), run_name="__main__")
     assert "last iterate" in capsys.readouterr().out
     assert offline == []

@@ -1,0 +1,203 @@
+"""Where the bilevel method's progress comes from, on the schedule tasks (issue 18): the
+signal-to-noise ratio of the hypergradient's two terms, the default step rule beside the
+paper preset, and two controls of each with the zeroth-order term set to zero and
+replaced by noise of the same size.
+
+Each variant is one ``diffhpo run`` of the bilevel method (the exact commands are
+printed), in ``OUT/<task>/<variant>``:
+
+* ``default``: the default step rule (``methods/step_rules.py``), gamma growing;
+* ``paper``: ``--method-option bilevel.preset=paper`` (``methods/bilevel_paper.py``);
+* ``... zo=off`` / ``... zo=noise``: the same rule with ``--method-option
+  bilevel.zo_term=off`` (the zeroth-order term is zero) or ``=noise`` (a Gaussian vector
+  of the estimate's norm in normalised coordinates; ``tasks/single_loop.py``, ``ablated``).
+  The estimate is still computed and recorded, so the cost and the iteration count are
+  those of the variant with the term on;
+* ``no search``: the ``default`` method (the task's default schedule), for scale.
+
+**Signal-to-noise ratio** of a term, per coordinate: ``|mean_k t_k| / std_k t_k`` over
+the outer iterations k of one cell (trial user attributes ``zo_<name>`` and
+``penalty_<name>``), median over seeds. Why over iterations and not over repeated
+estimates at a fixed point: the step rules integrate the hypergradient over iterations
+(momentum, Adam moments, sign agreement), so the part of a term that is consistent from
+one iteration to the next is what moves q, and the rest is a random walk; it needs no
+extra evaluations. A term with SNR well below ``1/sqrt(K)`` (K iterations) cannot move q
+on purpose. ``|zo| / |penalty|``: the ratio of the terms' root-mean-square sizes
+(normalised coordinates), median over seeds.
+
+Final metrics: the final protocol's (the report's ``cells`` table), median [min, max] over seeds; the
+chosen schedule, median over seeds. ``--replay`` also times the sampler's proposal, which
+replays every stored trial (O(k) per trial): on the schedule runs (``ask_s`` of each
+trial) and on a synthetic 4-parameter study with hundreds of trials in SQLite.
+
+    python benchmarks/bilevel_ablation.py --task gmm-schedule --seeds 10 --replay
+    python benchmarks/bilevel_ablation.py --task mnist-schedule --seeds 1 --variants default,paper,default-zo-off,default-zo-noise
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from diffhpo.bench import storage as st
+from diffhpo.bench.report import collect
+from diffhpo.tasks import TASKS
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+RULES = {"default": [], "paper": ["bilevel.preset=paper"]}
+VARIANTS = [f"{rule}{suffix}" for rule in RULES for suffix in ("", "-zo-off", "-zo-noise")] + ["no-search"]
+TERMS = ("zo", "penalty")
+
+
+def command(task: str, variant: str, seeds: int, profile: str, out: Path) -> list[str]:
+    method = "default" if variant == "no-search" else "bilevel"
+    cmd = [sys.executable, "-m", "diffhpo", "run", "--task", task, "--method", method, "--profile", profile,
+           "--seeds", str(seeds), "--out", str(out / task / variant), "--no-progress", "--no-report"]
+    if method == "bilevel":
+        rule, _, switch = variant.partition("-zo-")
+        for opt in RULES[rule] + ([f"bilevel.zo_term={switch}"] if switch else []):
+            cmd += ["--method-option", opt]
+    return cmd
+
+
+def run_variant(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def trials_of(out: Path, task: str, method: str, profile: str, seed: int) -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{out / 'diffhpo.sqlite3'}"
+    study = optuna.load_study(study_name=st.study_name(task, method, profile, seed), storage=url)
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def snr(values: np.ndarray) -> np.ndarray:
+    """|mean| / std over iterations (axis 0), per coordinate."""
+    return np.abs(values.mean(0)) / np.maximum(values.std(0, ddof=1), 1e-300)
+
+
+def term_table(task, trials_by_seed: list[list]) -> dict[str, np.ndarray]:
+    names = list(task.ranges)
+    width = np.array([hi - lo for lo, hi in task.ranges.values()])
+    out: dict[str, list] = {f"snr_{t}": [] for t in TERMS} | {"ratio": []}
+    for trials in trials_by_seed:
+        if len(trials) < 3:
+            continue
+        terms = {t: np.array([[tr.user_attrs[f"{t}_{n}"] for n in names] for tr in trials]) * width for t in TERMS}
+        for t in TERMS:
+            out[f"snr_{t}"].append(snr(terms[t]))
+        rms = {t: np.sqrt(np.mean(terms[t] ** 2)) for t in TERMS}
+        out["ratio"].append(rms["zo"] / max(rms["penalty"], 1e-300))
+    return {k: np.median(np.array(v), axis=0) for k, v in out.items() if v}
+
+
+def fmt(values: pd.Series) -> str:
+    return f"{values.median():.4g} [{values.min():.3g}, {values.max():.3g}]"
+
+
+def report(task_name: str, profile: str, seeds: int, out: Path, variants: list[str], replay: bool) -> None:
+    task = TASKS.get(task_name)(profile)
+    names = list(task.ranges)
+    primary = task.primary.name
+    print(f"\n## {task_name} ({profile}, seeds 0..{seeds - 1})\n")
+    rows, snrs, asks = [], {}, []
+    for v in variants:
+        folder = out / task_name / v
+        cells = collect(st.open_existing(f"sqlite:///{folder / 'diffhpo.sqlite3'}"))[1]
+        method = "default" if v == "no-search" else "bilevel"
+        row = {"variant": v, "trials": f"{cells['n_trials'].median():g}"}
+        for col in ("final_regret", f"final_{primary}"):
+            if col in cells and cells[col].notna().any():
+                row[col.removeprefix("final_")] = fmt(cells[col])
+        for n in names:
+            row[n] = f"{cells[f'param_{n}'].median():.4g}"
+        rows.append(row)
+        if method == "bilevel":
+            trials = [trials_of(folder, task_name, method, profile, s) for s in range(seeds)]
+            snrs[v] = term_table(task, trials)
+            asks += [(len(ts), float(t.user_attrs.get("ask_s", np.nan)), float(t.user_attrs.get("wall_s", np.nan)))
+                     for ts in trials for t in ts]
+    print("Final protocol, median [min, max] over seeds; chosen schedule, median over seeds:\n")
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    print("\nHypergradient terms: SNR = |mean| / std over the iterations of a cell, per coordinate; "
+          "|zo|/|penalty| = ratio of rms sizes (normalised coordinates); medians over seeds:\n")
+    srows = []
+    for v, s in snrs.items():
+        if not s:
+            continue
+        r = {"variant": v}
+        for t in TERMS:
+            r |= {f"SNR {t} {n}": f"{x:.2f}" for n, x in zip(names, s[f"snr_{t}"])}
+        r["|zo|/|penalty|"] = f"{float(s['ratio']):.3g}"
+        srows.append(r)
+    print(pd.DataFrame(srows).to_markdown(index=False))
+    if replay and asks:
+        a = np.array(asks)
+        print(f"\nSampler proposal on these runs: ask_s median {np.nanmedian(a[:, 1]):.4f} s, max "
+              f"{np.nanmax(a[:, 1]):.4f} s, against a trial's wall_s median {np.nanmedian(a[:, 2]):.2f} s "
+              f"(cells of up to {int(a[:, 0].max())} trials)")
+
+
+def replay_cost(n_trials: int = 500) -> None:
+    """Proposal time against the number of stored trials (SQLite, as the runner's storage)."""
+    from diffhpo.methods.bilevel import BilevelSampler
+
+    space = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in ("a", "b", "c", "d")}
+    print(f"\n## Sampler proposal time against stored trials (synthetic, 4 parameters, SQLite, {n_trials} trials)\n")
+    print("| preset | trials stored | ask s (mean of 10) |")
+    print("| --- | --- | --- |")
+    for preset in ("default", "paper"):
+        with tempfile.TemporaryDirectory() as tmp:
+            study = optuna.create_study(storage=f"sqlite:///{tmp}/s.db",
+                                        sampler=BilevelSampler(space, preset=preset, cycle_length=n_trials))
+            times = {}
+            for k in range(n_trials):
+                t0 = time.perf_counter()
+                trial = study.ask()
+                p = {n: trial.suggest_float(n, 0.0, 1.0) for n in space}
+                times[k] = time.perf_counter() - t0
+                trial.set_user_attr("hypergrad", {n: 2 * (p[n] - 0.3) for n in space})
+                study.tell(trial, sum((v - 0.3) ** 2 for v in p.values()))
+            for k in (10, 100, 300, n_trials - 10):
+                print(f"| {preset} | {k} | {np.mean([times[j] for j in range(k, k + 10)]):.4f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="gmm-schedule", help="gmm-schedule, mnist-schedule or both (comma-separated)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 10 for gmm-schedule, 1 for mnist)")
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--out", type=Path, default=Path("results/bilevel_ablation"))
+    ap.add_argument("--report-only", action="store_true", help="print the tables of finished runs")
+    ap.add_argument("--replay", action="store_true", help="also time the sampler's proposals")
+    args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    for task in args.task.split(","):
+        seeds = args.seeds or (10 if task == "gmm-schedule" else 1)
+        for v in variants:
+            cmd = command(task, v, seeds, args.profile, args.out)
+            print("$ " + shlex.join(["python"] + cmd[1:]), flush=True)
+            if not args.report_only:
+                print(f"  {run_variant(cmd):.0f} s", flush=True)
+        report(task, args.profile, seeds, args.out, variants, args.replay)
+    if args.replay:
+        replay_cost()
+
+
+if __name__ == "__main__":
+    main()
