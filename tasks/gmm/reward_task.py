@@ -288,6 +288,10 @@ class GmmRewardTask(RewardTask):
         u = torch.rand(n, generator=torch.Generator().manual_seed(derive_seed(seed, EXACT_U, tag)), dtype=DTYPE)
         return mixture.transform(u, z)
 
+    def evaluation_cost(self, params: Mapping[str, Any]) -> float:
+        """One unit for exact draws (no sampler, no particles); else the reward tasks' cost."""
+        return 1.0 if self.config.sampler == "exact" else super().evaluation_cost(params)
+
     def generate(self, params: Mapping[str, Any], seed: int, n: int, conds=None) -> dict:
         if self.config.sampler == "exact":
             return {COND: self.exact_draws(self.target(params), seed, n, EVAL_NOISE)}

@@ -326,6 +326,14 @@ def twisted_smc(
     return out.detach(), ess
 
 
+def relative_work(particles: int, guided: bool) -> int:
+    """Network work of one sampling run relative to the same run with one particle per image:
+    ``particles`` for a guided run (:func:`twisted_smc` steps ``particles`` particles per image
+    through the same guided step; resampling is index arithmetic), 1 for an un-guided one
+    (no SMC without a reward). The reward tasks' cost of a run (:mod:`.common`)."""
+    return int(particles) if guided and int(particles) > 1 else 1
+
+
 def _check_modes(grad_through: str, weighting: str) -> None:
     if grad_through not in GRAD_THROUGH:
         raise ValueError(f"grad_through must be one of {GRAD_THROUGH}, got {grad_through!r}")
@@ -393,7 +401,7 @@ def sample_images(
         out.append(img)
         i = j
     guided = reward is not None and scale != 0.0
-    steps = (steps or 0) * (particles if smc else 1)
+    steps = (steps or 0) * relative_work(particles, guided)
     return GuidedRun(
         samples=torch.cat(out) if out else noise.new_zeros((0,)),
         unet_forwards=steps,
