@@ -61,13 +61,6 @@ EVAL_NOISE, BANK_NOISE = 501, 502
 SAMPLE_GRID_PER_CONDITION = 8
 
 
-def reward_rules(cfg):
-    """Constraints both reward tasks' configs share (see :mod:`diffhpo.bench.options`)."""
-    yield cfg.lam_low < cfg.lam_high, "lam_low must be below lam_high"
-    yield cfg.w_low < cfg.w_high, "w_low must be below w_high"
-    yield cfg.lam_low <= cfg.ws_lambda <= cfg.lam_high, "ws_lambda must lie in [lam_low, lam_high]"
-
-
 class RewardTask(Task):
     """Base of the reward tasks. Subclasses provide the model, the conditions, the rewards
     and the quality metrics; see :class:`~diffhpo.tasks.reward.mnist_task.RewardMnistTask`."""
