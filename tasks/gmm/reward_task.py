@@ -37,9 +37,13 @@ sampling) on a 2-D Gaussian mixture, where the answer is exact.
   (asymptotically exact in K). Distance to the exact tilt (``fidelity``, mean of 3 seeds,
   ``benchmarks/gmm_reward_fidelity.py``), lambda = 0.1 / 0.79 / 3: Algorithm 5 (unet) 1.28 /
   0.60 / 0.08; calibrated 0.14 / 0.21 / 0.19; DDIM on the exact tilted eps 0.06 / 0.05 / 0.07;
-  SMC with 64 particles 0.12 / 0.08 at 0.1 / 0.79. The calibrated weight is closer to the
-  exact tilted eps at every step checked, also at lambda = 3, yet its samples are farther
-  there: the per-step errors no longer cancel along the trajectory (not understood yet).
+  SMC with 64 particles 0.12 / 0.08 at 0.1 / 0.79. At lambda = 3 the calibrated sampler is
+  farther (seed 0: 0.18 against 0.07, also with 200 steps): the weight assumes a Gaussian
+  posterior x0 | x_t with Tweedie's first two moments, and at high noise that posterior is
+  p_pre itself, a mixture whose exact tilt reweights components; the samples' mean (x 0.78)
+  is that of the tilt of the Gaussian with p_pre's mean and covariance (0.80), not the exact
+  tilt's (0.91). Twisted SMC there: 0.13 / 0.12 with 16 / 64 particles at 50 steps, 0.06
+  with 16 particles at 200 steps (the step size, not the particles, limits it at 50).
 
 Metrics (first = primary): ``upper`` (mean r1 of the solver's samples, maximised: what every
 method sees), ``regret`` (``E(lambda*) - E`` of the exact tilt the parameters ask for:

@@ -66,7 +66,10 @@ Time weight of the guidance term (``weighting``)
     so ``v_t = 1 - alphabar_t``. For a non-Gaussian ``p_pre`` it is an approximation; measured
     on ``gmm-reward`` (``benchmarks/gmm_reward_fidelity.py``): far closer to the exact tilt
     where guidance is strong, but with ``grad_through="unet"`` farther at lambda = 3 (weak
-    guidance), where the constant weight was already near the noise floor.
+    guidance), where the constant weight was already near the noise floor: there the
+    posterior at high noise is the mixture itself, whose tilt reweights its components,
+    which two moments cannot show (the sampler's mean is that of the tilt of the Gaussian
+    with p_pre's mean and covariance; ``tests/test_reward_calibration.py``).
 
 Twisted sequential Monte Carlo (:func:`twisted_smc`, ``particles > 1``) corrects either
 scheme by importance resampling; it is asymptotically exact in the particle count.
