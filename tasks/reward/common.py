@@ -124,8 +124,8 @@ class RewardTask(Task):
         for a guided run, 1 for an un-guided one."""
         from .guidance import relative_work
 
-        mode = self._mode(params)[0]
-        return float(relative_work(getattr(self.config, "particles", 1), mode != "none"))
+        guided = self._mode(params)[0] != "none" and self.config.guidance != 0  # as generate's scale
+        return float(relative_work(self.config.particles, guided))
 
     # -- the guided run --------------------------------------------------------------------------
     def _mode(self, params: Mapping[str, Any]) -> tuple[str, float, float]:
