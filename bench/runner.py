@@ -1,8 +1,9 @@
 """The benchmark runner: the matrix tasks x methods x seeds, one Optuna study per cell.
 
 Budget: every method of a cell gets the same budget in the task's cost unit (one
-lower-level solve by default; the task's oracle reports what an outer iteration of the
-bilevel method costs in that unit), and optionally the same wall-clock budget (search
+lower-level solve by default; ``Task.evaluation_cost`` says what an evaluation costs where
+it is a multiple of that, and the task's oracle what an outer iteration of the bilevel
+method costs in that unit), and optionally the same wall-clock budget (search
 seconds, sampler time included). A trial starts while the spent cost is below the
 budget, so the last trial may overshoot it by less than its own cost. Failed trials count
 towards the budget (they used the compute); trials cut off by an interruption do not.

@@ -11,6 +11,10 @@ and a trial that lost a race is released (FAILED with reason ``released: ...``, 
 configuration enqueued again for a later run with a larger budget). A sampler may also
 decline a trial (``admit``) or ask workers to wait (``ready``): the bilevel sampler does
 both, because its outer iterations are sequential.
+
+A trial's cost, in the task's cost unit: ``task.evaluation_cost(params)`` for an evaluation
+(1 unless the task says otherwise; a pruned trial the fraction it ran times that), what the
+oracle reports for a bilevel outer iteration.
 """
 
 from __future__ import annotations
@@ -252,7 +256,7 @@ class CountedTrialsPruner(optuna.pruners.BasePruner):
 def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
     study, task = cell.study, cell.task
     params = trial.params
-    cost = 1.0
+    cost = float(task.evaluation_cost(params)) if not cell.use_oracle else 1.0
     reporter, progress = progress_reporter(trial)
     try:
         with get_heartbeat_thread(trial._trial_id, study._storage), measure() as m:
@@ -272,7 +276,7 @@ def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
             else:
                 metrics, extra = task.evaluate(params, cell.seed), {}
     except optuna.TrialPruned as exc:  # the method's pruner stopped it: it cost what it ran
-        _record(trial, m.as_attrs(), progress["fraction"], {"pruned_at": progress["fraction"]})
+        _record(trial, m.as_attrs(), progress["fraction"] * cost, {"pruned_at": progress["fraction"]})
         trial.set_user_attr("prune_reason", str(exc))
         study.tell(trial, state=TrialState.PRUNED)
         return

@@ -3,7 +3,8 @@
 One trial evaluates ``task.default_params()`` (for ``mnist-schedule`` the standard cosine
 schedule ``(0, 1, 1, 0.008)``, the DDIM default the paper compares against); the final
 protocol re-evaluates it like every method's choice. ``max_trials`` is 1, so the cell
-spends one cost unit whatever its budget.
+spends one evaluation (one cost unit unless the task charges more, ``Task.evaluation_cost``)
+whatever its budget.
 """
 
 from __future__ import annotations

@@ -176,8 +176,16 @@ class Task(abc.ABC):
         """One full lower-level solve under ``params``, then every metric.
 
         ``final=True`` is the common final protocol (same seeds and sample counts for every
-        method). Costs one cost unit.
+        method). Costs :meth:`evaluation_cost` units (one by default).
         """
+
+    def evaluation_cost(self, params: Mapping[str, Any]) -> float:
+        """What one search-time :meth:`evaluate` under ``params`` costs in the task's cost
+        unit (default 1: one lower-level solve). The runner charges it to the trial (a pruned
+        trial: the fraction it ran times this). A task whose solve under some settings does a
+        multiple of the unit's work says so here (the reward tasks: ``particles = K`` guided
+        runs), so that every method of a cell keeps the same budget in one unit."""
+        return 1.0
 
     @property
     def has_oracle(self) -> bool:

@@ -58,12 +58,37 @@ def test_calibrated_sampler_is_no_farther_from_the_tilt_on_the_grid(grad_through
             assert b <= 0.65 * a, (lam, a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall (issue 16): with grad_through=unet the Gaussian-posterior "
-                   "weight over-damps at weak guidance on the mixture: 0.19 vs 0.08 at lambda = 3")
+@pytest.mark.xfail(strict=True, reason="known limit of the weight (issue 16), not a defect: with grad_through=unet at "
+                   "lambda = 3 the distance is 0.18 against Algorithm 5's 0.07 (seed 0; 0.18 with 200 steps too, so "
+                   "not discretisation). The weight assumes a Gaussian posterior x0 | x_t with Tweedie's first two "
+                   "moments; at high noise that posterior is p_pre itself, a mixture, whose exact tilt reweights "
+                   "components. The samples' mean x is 0.78: the tilt of the Gaussian with p_pre's mean and "
+                   "covariance has 0.80, the exact tilt 0.91 (the test below). Twisted SMC (constant proposal): 0.13 / "
+                   "0.12 with 16 / 64 particles at 50 steps, 0.06 with 16 particles at 200 steps")
 def test_calibrated_unet_at_weak_guidance():
     const = GmmRewardTask("quick")
     cal = GmmRewardTask("quick", weighting="calibrated")
     assert _fid(cal, 3.0) <= _fid(const, 3.0) + NOISE
+
+
+def test_calibrated_weight_at_weak_guidance_tilts_a_gaussian_of_p_pres_two_moments():
+    """The cause of the shortfall above (measured, gmm-reward quick, seed 0, lambda = 3): the
+    calibrated sampler's mean lies within 0.05 of the mean of the tilt of N(mean, cov of
+    p_pre) (0.78 against 0.80 in x) and more than 0.08 short of the exact tilt's (0.91):
+    a weight built from the posterior's first two moments cannot see how the tilt
+    reweights the mixture's components. Algorithm 5's constant weight over-steers by the
+    factor 1 + kappa v_t / lambda and lands nearer by chance (0.93)."""
+    task = GmmRewardTask("quick", weighting="calibrated")
+    p, lam = task.p_pre, 3.0
+    mean = (p.weights[:, None] * p.means).sum(0)
+    second = (p.weights[:, None, None] * (p.covs + p.means[:, :, None] * p.means[:, None, :])).sum(0)
+    gauss = Mixture(torch.ones(1, dtype=DTYPE), mean[None], (second - mean[:, None] * mean[None, :])[None])
+    r2 = task.r2.scaled(task.config.guidance)
+    g = tilt(gauss, r2, lam).means[0]
+    exact = tilt(p, r2, lam)
+    e = (exact.weights[:, None] * exact.means).sum(0)
+    x = task.generate({"lam": lam}, 0, task.config.n_samples)["gmm"].to(DTYPE).mean(0)
+    assert abs(float(x[0] - g[0])) < 0.05 and float(e[0] - x[0]) > 0.08, (x, g, e)
 
 
 def test_twisted_smc_converges_to_the_exact_tilt_as_particles_grow():

@@ -96,3 +96,31 @@ def test_bank_prediction_for_every_mode():
 
     s = task.config.guidance * (bank.r2[0] + 2.0 * bank.r1[0])
     assert ws["bank_upper"] == pytest.approx(pen.tilted_mean(bank.r1[0], s, task.config.ws_lambda))
+
+
+def test_real_reward_mnist_bank_warns_on_the_hacking_variant_and_not_on_the_bold_one():
+    """The pre-flight check on real banks of the shipped MNIST DDPM (smoke profile: digits 3
+    and 8, 4 DDIM steps). Default objective (r1, r2 two classifiers that agree on pre-trained
+    digits): the bank estimate of E[r1] is largest at lambda = 0.01 and the first oracle call
+    warns. ``objective=bold`` (proxy and gold disagree on real digits) with a bank of 64
+    images: the maximum is interior (lambda 1.6 on seed 0, measured), no warning. With the
+    smoke profile's 16 images the bold bank's maximum is at the lower end too (its ESS there
+    is 1: one image carries the tilt), so the interior optimum needs a bank of some size
+    (issue 16's note saw the same at 128 images on the quick profile)."""
+    from diffhpo.tasks.reward.mnist_task import RewardMnistTask
+
+    hack = RewardMnistTask("smoke")
+    curve = hack.bank_curve(0)
+    assert int(np.argmax(curve["bank_upper"])) == 0
+    with pytest.warns(PremiseWarning, match="lower end"):
+        res = hack.oracle({"lam": 1.0}, 0, OracleContext(iteration=0, gamma=1.0))
+    assert res.info["premise_warning"] == 1.0
+    bold = RewardMnistTask("smoke", objective="bold", bank_size=64)
+    curve = bold.bank_curve(0)
+    best = curve["lam"][int(np.argmax(curve["bank_upper"]))]
+    assert 0.1 <= best <= 10  # a decade inside either end
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PremiseWarning)
+        res = bold.oracle({"lam": 1.0}, 0, OracleContext(iteration=0, gamma=1.0))
+    assert res.info["premise_warning"] == 0.0
+    assert RewardMnistTask("smoke", objective="bold").preflight(0) is not None  # 16 images: lower end

@@ -37,9 +37,13 @@ sampling) on a 2-D Gaussian mixture, where the answer is exact.
   (asymptotically exact in K). Distance to the exact tilt (``fidelity``, mean of 3 seeds,
   ``benchmarks/gmm_reward_fidelity.py``), lambda = 0.1 / 0.79 / 3: Algorithm 5 (unet) 1.28 /
   0.60 / 0.08; calibrated 0.14 / 0.21 / 0.19; DDIM on the exact tilted eps 0.06 / 0.05 / 0.07;
-  SMC with 64 particles 0.12 / 0.08 at 0.1 / 0.79. The calibrated weight is closer to the
-  exact tilted eps at every step checked, also at lambda = 3, yet its samples are farther
-  there: the per-step errors no longer cancel along the trajectory (not understood yet).
+  SMC with 64 particles 0.12 / 0.08 at 0.1 / 0.79. At lambda = 3 the calibrated sampler is
+  farther (seed 0: 0.18 against 0.07, also with 200 steps): the weight assumes a Gaussian
+  posterior x0 | x_t with Tweedie's first two moments, and at high noise that posterior is
+  p_pre itself, a mixture whose exact tilt reweights components; the samples' mean (x 0.78)
+  is that of the tilt of the Gaussian with p_pre's mean and covariance (0.80), not the exact
+  tilt's (0.91). Twisted SMC there: 0.13 / 0.12 with 16 / 64 particles at 50 steps, 0.06
+  with 16 particles at 200 steps (the step size, not the particles, limits it at 50).
 
 Metrics (first = primary): ``upper`` (mean r1 of the solver's samples, maximised: what every
 method sees), ``regret`` (``E(lambda*) - E`` of the exact tilt the parameters ask for:
@@ -78,7 +82,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,7 +94,8 @@ from ...bench.options import option
 from ...methods.seeding import derive_seed
 from ..base import Metric, OracleContext, OracleResult
 from ..reward.common import PREMISE_METRICS, EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
-from ..reward.guidance import GRAD_THROUGH, WEIGHTING, ddim_scheduler
+from ..reward.guidance import GRAD_THROUGH, ddim_scheduler
+from ..reward.options import RewardOptions
 from .distance import energy_distance
 from .mixture import DTYPE, Mixture, MixtureOptions, Quadratic, tilt
 from .threads import one_thread
@@ -105,7 +110,9 @@ SCHEDULER_CONFIG = {
 
 
 @dataclass(frozen=True)
-class GmmRewardConfig(MixtureOptions):
+class GmmRewardOwn(MixtureOptions):
+    """gmm-reward's own options (after the mixture's); :class:`GmmRewardConfig` adds the shared ones."""
+
     sampler: str = option("guided", "lower-level solver: the guided DDIM sampler or exact draws of the tilt",
                           choices=("guided", "exact"))
     r2_centre: tuple = option((2.5, 0.0), "centre of the lower reward r2 (2 numbers)")
@@ -114,30 +121,24 @@ class GmmRewardConfig(MixtureOptions):
     guidance: float = option(1.0, "tilt exponent guidance * r2 / lambda", gt=0)
     grad_through: str = option("unet", "guidance gradient through the denoiser (unet) or from x0_hat (decoder)",
                                choices=GRAD_THROUGH)
-    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
-                            "(1/(1 + kappa v_t / lambda), reward.guidance)", choices=WEIGHTING)
-    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler)",
-                            ge=1, le=4096)
-    steps: int = option(50, "DDIM steps of the guided sampler", ge=1, le=1000)
-    eta: float = option(0.0, "DDIM eta (0 deterministic, 1 ancestral)", ge=0, le=1)
-    n_samples: int = option(1000, "samples of a search-time run (the cost unit)", ge=2)
-    n_final: int = option(2000, "samples of a final-protocol run", ge=2)
-    bank_size: int = option(4000, "un-guided samples in the bilevel oracle's bank", ge=2)
-    bank_cache: bool = option(True, "keep banks in the disk cache")
-    batch_size: int = option(4000, "samples per sampler batch", ge=1)
-    lam_low: float = option(0.01, "lower end of lambda", gt=0)
-    lam_high: float = option(100.0, "upper end of lambda", gt=0)
-    ws_lambda: float = option(1.0, "fixed lambda of the weighted-sum baseline", gt=0)
-    w_low: float = option(0.01, "lower end of the weighted-sum weight w", gt=0)
-    w_high: float = option(100.0, "upper end of w", gt=0)
-    oracle_cost: float = option(0.25, "cost units charged per bilevel outer iteration", gt=0)
-    budget: float = option(12.0, "guided sampling runs per cell", gt=0)
+
+
+@dataclass(frozen=True)
+class GmmRewardConfig(RewardOptions, GmmRewardOwn):
+    """gmm-reward's options: the mixture's, its own, then the reward tasks' (:mod:`..reward.options`),
+    with this task's defaults in its profiles."""
 
     def rules(self):
-        yield from super().rules()
+        yield from MixtureOptions.rules(self)
+        yield from RewardOptions.rules(self)
         yield len(self.r2_centre) == 2, "r2_centre needs 2 numbers"
-        yield self.lam_low < self.lam_high, "lam_low must be below lam_high"
-        yield self.w_low < self.w_high, "w_low must be below w_high"
+        yield min(self.n_samples, self.n_final, self.bank_size) >= 2, (
+            "n_samples, n_final and bank_size must be at least 2 (the energy distance and the bank need two samples)")
+
+
+#: gmm-reward's settings where they differ from the shared defaults (:mod:`..reward.options`)
+_GMM = GmmRewardConfig(steps=50, eta=0.0, n_samples=1000, n_final=2000, bank_size=4000, batch_size=4000,
+                       oracle_cost=0.25, budget=12.0)
 
 
 class GmmModel:
@@ -180,11 +181,11 @@ class GmmRewardTask(RewardTask):
                    "Application 1 with a closed-form answer)")
     upper_metric = "upper"
     profiles = {
-        "smoke": GmmRewardConfig(steps=10, n_samples=200, n_final=400, bank_size=400, batch_size=400,
-                                 oracle_cost=0.5, budget=4.0),
-        "quick": GmmRewardConfig(),
-        "paper": GmmRewardConfig(steps=100, n_samples=4000, n_final=20000, bank_size=20000, batch_size=20000,
-                                 oracle_cost=0.1, budget=20.0),
+        "smoke": replace(_GMM, steps=10, n_samples=200, n_final=400, bank_size=400, batch_size=400,
+                         oracle_cost=0.5, budget=4.0),
+        "quick": _GMM,
+        "paper": replace(_GMM, steps=100, n_samples=4000, n_final=20000, bank_size=20000, batch_size=20000,
+                         oracle_cost=0.1, budget=20.0),
     }
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
@@ -287,6 +288,10 @@ class GmmRewardTask(RewardTask):
         z = self._noise(seed, 0, n, tag).to(DTYPE)
         u = torch.rand(n, generator=torch.Generator().manual_seed(derive_seed(seed, EXACT_U, tag)), dtype=DTYPE)
         return mixture.transform(u, z)
+
+    def evaluation_cost(self, params: Mapping[str, Any]) -> float:
+        """One unit for exact draws (no sampler, no particles); else the reward tasks' cost."""
+        return 1.0 if self.config.sampler == "exact" else super().evaluation_cost(params)
 
     def generate(self, params: Mapping[str, Any], seed: int, n: int, conds=None) -> dict:
         if self.config.sampler == "exact":

@@ -19,11 +19,17 @@ So the task reads the mode from the parameters it gets: ``lam`` -> guided by r2;
 weighted sum at ``ws_lambda``; nothing -> un-guided.
 
 Cost unit: one guided sampling run at the search settings (``n_samples`` images per
-condition, ``steps`` DDIM steps). The bilevel oracle (:meth:`RewardTask.oracle`) charges the
+condition, ``steps`` DDIM steps) with one particle per image. A trial's cost
+(:meth:`RewardTask.evaluation_cost`) is that run's network work in this unit,
+:func:`.guidance.relative_work`: a guided run with ``particles = K`` (the twisted SMC
+corrector) steps K particles per image and costs K units; an un-guided run (``none``)
+costs 1. The bilevel oracle (:meth:`RewardTask.oracle`) charges the
 bank (:mod:`.bank`) once, on its first outer iteration (iteration 0), whether or not the
 bank came from the disk cache, so the accounting does not depend on the cache; every
 outer iteration also costs ``oracle_cost`` units, a deliberate over-charge of what it
-computes (a few log-sum-exps over the bank, microseconds), so that the search ends.
+computes (a few log-sum-exps over the bank, microseconds), so that the search ends. The
+oracle does no guided sampling (the bank is un-guided), so ``particles`` does not change its
+charge; every method's budget is in the same unit.
 """
 
 from __future__ import annotations
@@ -53,13 +59,6 @@ PREMISE_METRICS = [
 # purpose tags for derive_seed
 EVAL_NOISE, BANK_NOISE = 501, 502
 SAMPLE_GRID_PER_CONDITION = 8
-
-
-def reward_rules(cfg):
-    """Constraints both reward tasks' configs share (see :mod:`diffhpo.bench.options`)."""
-    yield cfg.lam_low < cfg.lam_high, "lam_low must be below lam_high"
-    yield cfg.w_low < cfg.w_high, "w_low must be below w_high"
-    yield cfg.lam_low <= cfg.ws_lambda <= cfg.lam_high, "ws_lambda must lie in [lam_low, lam_high]"
 
 
 class RewardTask(Task):
@@ -119,6 +118,14 @@ class RewardTask(Task):
         if variant == "none":
             return {}
         return super().default_grid_for(variant)
+
+    def evaluation_cost(self, params: Mapping[str, Any]) -> float:
+        """Cost of one search-time run under ``params`` (module docstring): ``particles`` units
+        for a guided run, 1 for an un-guided one."""
+        from .guidance import relative_work
+
+        guided = self._mode(params)[0] != "none" and self.config.guidance != 0  # as generate's scale
+        return float(relative_work(self.config.particles, guided))
 
     # -- the guided run --------------------------------------------------------------------------
     def _mode(self, params: Mapping[str, Any]) -> tuple[str, float, float]:

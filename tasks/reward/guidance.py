@@ -66,7 +66,10 @@ Time weight of the guidance term (``weighting``)
     so ``v_t = 1 - alphabar_t``. For a non-Gaussian ``p_pre`` it is an approximation; measured
     on ``gmm-reward`` (``benchmarks/gmm_reward_fidelity.py``): far closer to the exact tilt
     where guidance is strong, but with ``grad_through="unet"`` farther at lambda = 3 (weak
-    guidance), where the constant weight was already near the noise floor.
+    guidance), where the constant weight was already near the noise floor: there the
+    posterior at high noise is the mixture itself, whose tilt reweights its components,
+    which two moments cannot show (the sampler's mean is that of the tilt of the Gaussian
+    with p_pre's mean and covariance; ``tests/test_reward_calibration.py``).
 
 Twisted sequential Monte Carlo (:func:`twisted_smc`, ``particles > 1``) corrects either
 scheme by importance resampling; it is asymptotically exact in the particle count.
@@ -326,6 +329,14 @@ def twisted_smc(
     return out.detach(), ess
 
 
+def relative_work(particles: int, guided: bool) -> int:
+    """Network work of one sampling run relative to the same run with one particle per image:
+    ``particles`` for a guided run (:func:`twisted_smc` steps ``particles`` particles per image
+    through the same guided step; resampling is index arithmetic), 1 for an un-guided one
+    (no SMC without a reward). The reward tasks' cost of a run (:mod:`.common`)."""
+    return int(particles) if guided and int(particles) > 1 else 1
+
+
 def _check_modes(grad_through: str, weighting: str) -> None:
     if grad_through not in GRAD_THROUGH:
         raise ValueError(f"grad_through must be one of {GRAD_THROUGH}, got {grad_through!r}")
@@ -393,7 +404,7 @@ def sample_images(
         out.append(img)
         i = j
     guided = reward is not None and scale != 0.0
-    steps = (steps or 0) * (particles if smc else 1)
+    steps = (steps or 0) * relative_work(particles, guided)
     return GuidedRun(
         samples=torch.cat(out) if out else noise.new_zeros((0,)),
         unet_forwards=steps,

@@ -66,12 +66,15 @@ import numpy as np
 
 from ...bench.options import option
 from ..base import Metric
-from .common import PREMISE_METRICS, RewardTask, reward_rules
-from .guidance import GRAD_THROUGH, WEIGHTING
+from .common import PREMISE_METRICS, RewardTask
+from .guidance import GRAD_THROUGH
+from .options import RewardOptions
 
 
 @dataclass(frozen=True)
-class RewardMnistConfig:
+class RewardMnistOwn:
+    """reward-mnist's own options; :class:`RewardMnistConfig` adds the shared ones."""
+
     digits: tuple = option((3, 5, 8), "target digits (the 'prompts'), distinct", ge=0, le=9, nonempty=True)
     model: str = option("", "'' = the shipped DDPM; else a diffusers DDPMPipeline folder or hub id")
     reward: str = option("classifier-logprob", "r2, by reward-registry name")
@@ -90,37 +93,15 @@ class RewardMnistConfig:
     # measured (eta = 0), mean r2 fell from -9.4 (unguided) to -21 at lambda = 1 and -49 at 0.01, while
     # "decoder" raised it to -4.5 at lambda = 1 and -0.17 at 0.1 (16 samples of digit 3).
     grad_through: str = option("decoder", "where the reward gradient flows", choices=GRAD_THROUGH)
-    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
-                            "(1/(1 + kappa v_t / lambda), guidance.py)", choices=WEIGHTING)
-    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler; "
-                            "a run then costs this many guided runs)", ge=1, le=4096)
-    steps: int = option(25, "sampling steps (diffusers DDIMScheduler, 'trailing' spacing)", ge=1, le=1000)
-    # DDIM's eta: 1.0 samples ancestrally (the DDPM sampler on the sub-sequence of steps), 0.0
-    # deterministically. Measured on 1,000 samples of the shipped DDPM (25 steps,
-    # benchmarks/mnist_ddpm_quality.py): eta = 1 gives FID 1.1 and 85.9% classified with
-    # probability >= 0.9; eta = 0 FID 3.6 and 83.3%, with too many blobs read as 8 and too few
-    # 1s. The gap is larger for a less trained model: at 8,000 of its 16,000 steps, 0.83 against
-    # 0.74 (400 samples; 50 or 100 deterministic steps did not help: 0.73, 0.72).
-    eta: float = option(1.0, "DDIM eta: 0 deterministic, 1 ancestral", ge=0, le=1)
-    n_samples: int = option(32, "images per digit in a search-time guided run (the cost unit)", ge=1)
-    n_final: int = option(100, "images per digit in the final protocol", ge=1)
-    # un-guided images in the bilevel oracle's bank. Charged bank_size / (n_samples x digits)
-    # units (bank.py): 384 / 96 = 4 of the quick budget of 5, leaving 1 unit for outer
-    # iterations (20 at oracle_cost 0.05). 600 images cost 6.25 units, more than the budget,
-    # and the bilevel cell overspent it (measured: one iteration, 6.35 units).
-    bank_size: int = option(384, "un-guided images in the bilevel oracle's bank", ge=1)
-    bank_cache: bool = option(True, "keep the bank on disk between runs")
-    batch_size: int = option(96, "images per sampling batch", ge=1)
-    lam_low: float = option(0.01, "lower end of lambda's range", gt=0)
-    lam_high: float = option(100.0, "upper end of lambda's range", gt=0)
-    ws_lambda: float = option(1.0, "the weighted-sum baseline's fixed lambda", gt=0)
-    w_low: float = option(0.01, "lower end of the weighted-sum weight w", gt=0)
-    w_high: float = option(100.0, "upper end of the weighted-sum weight w", gt=0)
-    oracle_cost: float = option(0.05, "cost units charged per bilevel outer iteration", gt=0)
-    budget: float = option(5.0, "guided sampling runs per cell (every method)", gt=0, le=1e6)
+
+
+@dataclass(frozen=True)
+class RewardMnistConfig(RewardOptions, RewardMnistOwn):
+    """reward-mnist's options: its own, then the reward tasks' (:mod:`.options`; their
+    defaults are this task's quick values)."""
 
     def rules(self):
-        yield from reward_rules(self)
+        yield from RewardOptions.rules(self)
         yield len(set(self.digits)) == len(self.digits), "digits must be distinct"
 
 
@@ -153,7 +134,7 @@ class RewardMnistTask(RewardTask):
     profiles = {
         "smoke": RewardMnistConfig(digits=(3, 8), steps=4, n_samples=4, n_final=8, bank_size=16, batch_size=16,
                                    oracle_cost=0.25, budget=3.0),  # bank 2 units + 4 iterations
-        "quick": RewardMnistConfig(),
+        "quick": RewardMnistConfig(),  # the shared defaults (.options): chosen, and measured, for this task
         "paper": RewardMnistConfig(digits=tuple(range(10)), steps=50, n_samples=100, n_final=100, bank_size=3000,
                                    oracle_cost=0.05, budget=20.0),
     }

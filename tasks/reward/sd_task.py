@@ -41,7 +41,7 @@ import importlib.util
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,18 @@ import numpy as np
 from ...bench.errors import DiffhpoError
 from ...bench.options import option
 from ..base import Metric
-from .common import PREMISE_METRICS, RewardTask, reward_rules
-from .guidance import GRAD_THROUGH, WEIGHTING
+from .common import PREMISE_METRICS, RewardTask
+from .guidance import GRAD_THROUGH
+from .options import RewardOptions
 from .tiny import TINY
 
 DEFAULT_MODEL = "runwayml/stable-diffusion-v1-5"
 
 
 @dataclass(frozen=True)
-class RewardSdConfig:
+class RewardSdOwn:
+    """reward-sd's own options; :class:`RewardSdConfig` adds the shared ones."""
+
     model: str = option(DEFAULT_MODEL, "Stable Diffusion: a saved pipeline folder or a hub id in the cache")
     prompts: tuple = option(("fox", "horse"), "prompts, distinct (or prompts_file)")
     prompts_file: str = option("", "a text file with one prompt per line (overrides prompts)")
@@ -68,37 +71,30 @@ class RewardSdConfig:
     resnet_weights: str = option("", "reward=resnet18-head: torchvision resnet18 state dict (a file, or random:SEED)")
     resnet_head_seed: int = option(0, "reward=resnet18-head: seed of the random linear head", ge=0)
     cfg: float = option(7.5, "classifier-free guidance scale", ge=1, le=50)
-    steps: int = option(50, "DDIM steps", ge=1, le=1000)
-    eta: float = option(0.0, "DDIM eta: 0 deterministic (the paper), 1 ancestral", ge=0, le=1)
     size: int = option(512, "image side in pixels (a multiple of the VAE's scale)", ge=8, le=2048)
     dtype: str = option("auto", "auto: float16 on a GPU, float32 on the CPU",
                         choices=("auto", "float16", "bfloat16", "float32"))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     guidance: float = option(1.0, "guidance scale multiplying grad r2 / lambda", ge=0, le=1e4)
     grad_through: str = option("unet", "where the reward gradient flows", choices=GRAD_THROUGH)
-    weighting: str = option("constant", "time weight of the guidance term: constant (Algorithm 5) or calibrated "
-                            "(1/(1 + kappa v_t / lambda), guidance.py)", choices=WEIGHTING)
-    particles: int = option(1, "particles per sample of the twisted SMC corrector (1: plain guided sampler; "
-                            "a run then costs this many guided runs)", ge=1, le=4096)
-    n_samples: int = option(4, "images per prompt in a search-time guided run (the cost unit)", ge=1)
-    n_final: int = option(16, "images per prompt in the final protocol", ge=1)
-    bank_size: int = option(32, "un-guided images per prompt in the bilevel oracle's bank", ge=1)
-    bank_cache: bool = option(True, "keep the bank on disk between runs")
-    batch_size: int = option(4, "images per sampling batch", ge=1)
-    lam_low: float = option(0.01, "lower end of lambda's range", gt=0)
-    lam_high: float = option(100.0, "upper end of lambda's range", gt=0)
-    ws_lambda: float = option(1.0, "the weighted-sum baseline's fixed lambda", gt=0)
-    w_low: float = option(0.01, "lower end of the weighted-sum weight w", gt=0)
-    w_high: float = option(100.0, "upper end of the weighted-sum weight w", gt=0)
-    oracle_cost: float = option(0.1, "cost units charged per bilevel outer iteration", gt=0)
     fid_backend: str = option("auto", "FID features", choices=("auto", "inception", "mnist-net"))
     inception_weights: str = option("", "InceptionV3 weights file (offline FID)")
-    budget: float = option(5.0, "guided sampling runs per cell (every method)", gt=0, le=1e6)
+
+
+@dataclass(frozen=True)
+class RewardSdConfig(RewardOptions, RewardSdOwn):
+    """reward-sd's options: its own, then the reward tasks' (:mod:`.options`), with this
+    task's defaults in its profiles."""
 
     def rules(self):
-        yield from reward_rules(self)
+        yield from RewardOptions.rules(self)
         yield self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None, (
             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+#: reward-sd's settings where they differ from the shared defaults (:mod:`.options`): deterministic
+#: DDIM (the paper), batches of 4 images of 512 x 512, 0.1 units per bilevel outer iteration
+_SD = RewardSdConfig(eta=0.0, batch_size=4, oracle_cost=0.1)
 
 
 class SdModel:
@@ -244,10 +240,10 @@ class RewardSdTask(RewardTask):
     offline = False
     profiles = {
         # smoke (CI): tiny random models built from configs, no weights, no network (see .tiny)
-        "smoke": RewardSdConfig(model=TINY, clip_model=TINY, steps=3, size=16, n_samples=2, n_final=3, bank_size=4,
-                                batch_size=4, oracle_cost=0.5, budget=3.0),
-        "quick": RewardSdConfig(steps=25, size=512, n_samples=4, n_final=16, bank_size=32, budget=5.0),
-        "paper": RewardSdConfig(steps=50, size=512, n_samples=8, n_final=64, bank_size=128, budget=20.0),
+        "smoke": replace(_SD, model=TINY, clip_model=TINY, steps=3, size=16, n_samples=2, n_final=3, bank_size=4,
+                         oracle_cost=0.5, budget=3.0),
+        "quick": replace(_SD, steps=25, size=512, n_samples=4, n_final=16, bank_size=32, budget=5.0),
+        "paper": replace(_SD, steps=50, size=512, n_samples=8, n_final=64, bank_size=128, budget=20.0),
     }
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
