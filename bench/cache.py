@@ -5,9 +5,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
+
+
+def config_key(description: dict[str, Any]) -> str:
+    """A stable key of a configuration (a task's ``describe_config()``, or the copy stored
+    with a cell: JSON turns tuples into lists, which serialise alike)."""
+    blob = json.dumps(description, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
 
 
 def cache_dir(*parts: str) -> Path:

@@ -28,6 +28,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 
 from . import storage as st
+from .cache import config_key
 from .fidelity import FIDELITY_STEPS
 from .search import counts
 from .workers import RETRY_OF
@@ -83,6 +84,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
             peak_gpu_mib=max([float(t.user_attrs.get("peak_gpu_mib", np.nan)) for t in trials] + [fm.get("peak_gpu_mib", np.nan)]),
             final_wall_s=fm.get("wall_s", np.nan),
         )
+        row["config_key"] = config_key(a.get("config") or {})
         row.update({f"param_{k}": v for k, v in a.get("final_params", {}).items()})
         row.update({f"final_{k}": v for k, v in a.get("final_metrics", {}).items()})
         row["n_repeats"] = len(a.get("final_seeds", [])) or (1 if a.get("final_metrics") else 0)

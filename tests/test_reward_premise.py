@@ -124,3 +124,23 @@ def test_real_reward_mnist_bank_warns_on_the_hacking_variant_and_not_on_the_bold
         res = bold.oracle({"lam": 1.0}, 0, OracleContext(iteration=0, gamma=1.0))
     assert res.info["premise_warning"] == 0.0
     assert RewardMnistTask("smoke", objective="bold").preflight(0) is not None  # 16 images: lower end
+
+
+def test_the_premise_plot_uses_the_bank_curve_of_the_cells_configuration(tmp_path):
+    """The bank curves of every configuration run on the machine share one cache folder; the
+    report of a storage draws the curve of its own cells' configuration (cells.csv's
+    ``config_key``), even when another configuration wrote its curve later."""
+    from diffhpo.bench.cache import config_key
+    from diffhpo.bench.seeds import final_seeds
+    from diffhpo.tasks.reward.plots import premise
+
+    mine = GmmRewardTask("smoke", sampler="exact", bank_cache=False)
+    other = GmmRewardTask("smoke", sampler="exact", bank_cache=False, lam_high=10.0)
+    mine.evaluate({"lam": 0.3}, final_seeds(0)[0], final=True)
+    other.evaluate({"lam": 0.3}, final_seeds(0)[0], final=True)  # the newer file
+    cells = pd.DataFrame([{"task": mine.name, "profile": "smoke", "method": "grid", "seed": 0, "status": "done",
+                           "param_lam": 0.3, "config_key": config_key(mine.describe_config())}])
+    trials = pd.DataFrame(columns=["task", "profile", "method", "seed", "state", "param_lam", "value"])
+    premise(type(mine), cells, trials, tmp_path)
+    table = pd.read_csv(tmp_path / "gmm-reward_smoke_premise.csv")
+    assert table.lam.max() == pytest.approx(mine.config.lam_high) != other.config.lam_high

@@ -28,7 +28,6 @@ method is never favoured by the accounting.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...bench.cache import cache_dir
+from ...bench.cache import cache_dir, config_key
 
 STEP_COST = {"unet": 2.0, "decoder": 1.0}
 
@@ -64,9 +63,7 @@ def bank_cost(bank_images: int, guided_images: int, grad_through: str) -> float:
     return float(bank_images) / (float(guided_images) * STEP_COST[grad_through])
 
 
-def cache_key(description: dict[str, Any]) -> str:
-    blob = json.dumps(description, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+cache_key = config_key  # the bank of a configuration is found by the configuration's key
 
 
 def load_or_build(

@@ -110,8 +110,9 @@ def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -
     sample size on a second axis, the guided sampler's actual upper score at the grid
     method's lambdas (premise 1: mean over seeds), and each method's final choice (realised
     upper score; hollow: the bank's prediction there, ``final_bank_upper``). The bank curve is
-    the one the final protocol of the first seed wrote (``premise_seed<seed>_*.csv`` next to
-    the sample grids; the newest if several configurations were run). The CSV has one row per
+    the one the final protocol of the first seed wrote for these cells' configuration
+    (``premise_seed<seed>_<config key>.csv`` next to the sample grids, shared by every
+    storage on the machine; cells.csv's ``config_key``). The CSV has one row per
     lambda of the bank curve and of the grid: ``lam, bank_upper, bank_ess, sampler_upper``
     (``sampler_upper`` empty off the grid)."""
     from .common import final_grid_dir
@@ -124,8 +125,10 @@ def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -
     primary = task_cls.upper_metric
     done = cells[cells.status == "done"] if "status" in cells else cells
     for profile, c in done.groupby("profile"):
-        seed = int(c.seed.min())
-        found = sorted(final_grid_dir(task_cls.name, str(profile)).glob(f"premise_seed{seed}_*.csv"),
+        first = c.loc[c.seed.idxmin()]
+        seed = int(first.seed)
+        key = str(first.config_key)[:8] if "config_key" in c and pd.notna(first.config_key) else "*"
+        found = sorted(final_grid_dir(task_cls.name, str(profile)).glob(f"premise_seed{seed}_{key}.csv"),
                        key=lambda p: p.stat().st_mtime)
         bank = pd.read_csv(found[-1]) if found else pd.DataFrame(columns=["lam", "bank_upper", "bank_ess"])
         t = trials[(trials.profile == profile)] if len(trials) and "profile" in trials else pd.DataFrame()
