@@ -17,9 +17,10 @@ from optuna.trial import TrialState
 from diffhpo.bench import storage as st
 
 METHODS = ["grid", "random", "tpe", "bilevel"]
-# 0.1 s per solve: a kill lands inside a trial most of the time, between trials otherwise
+# 0.2 s per solve: a kill lands inside a trial most of the time, between trials otherwise, and nine
+# interruptions (each 0 to 0.6 s into a process's search) leave most of the run to do
 CMD = ["run", "--task", "quadratic", "--method", ",".join(METHODS), "--profile", "smoke",
-       "--option", "sleep_s=0.1", "--seeds", "3", "--no-progress", "--no-report"]
+       "--option", "sleep_s=0.2", "--seeds", "3", "--no-progress", "--no-report"]
 INTERRUPTED_LINE = "interrupted: rerun the same command to resume"
 
 
