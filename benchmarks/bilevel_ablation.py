@@ -25,6 +25,12 @@ extra evaluations. A term with SNR well below ``1/sqrt(K)`` (K iterations) canno
 on purpose. ``|zo| / |penalty|``: the ratio of the terms' root-mean-square sizes
 (normalised coordinates), median over seeds.
 
+**Premise of the penalty method** (:func:`premise_row`): ``y - z = O(w/gamma)``, per cell:
+``|y - z|`` (weight space), gamma and the penalty term's norm at the first and the last
+outer iteration. Where ``|y - z|`` does not shrink, the penalty term ``(gamma/w)(grad_q g(y)
+- grad_q g(z))`` grows with gamma, and the ``|zo|/|penalty|`` ratio says what is left of the
+zeroth-order term in the step.
+
 Final metrics: the final protocol's (the report's ``cells`` table), median [min, max] over seeds; the
 chosen schedule, median over seeds. ``--replay`` also times the sampler's proposal, which
 replays every stored trial (O(k) per trial): on the schedule runs (``ask_s`` of each
@@ -102,6 +108,21 @@ def term_table(task, trials_by_seed: list[list]) -> dict[str, np.ndarray]:
     return {k: np.median(np.array(v), axis=0) for k, v in out.items() if v}
 
 
+def premise_row(task, trials: list) -> dict[str, float]:
+    """The penalty method's premise, ``y - z = O(w / gamma)`` (Kwon et al. 2023: the penalised
+    minimiser y*_gamma is within O(1/gamma) of z* = theta*(q) when g is strongly convex in theta),
+    checked on one cell: the weight-space distance |y - z| (``yz_distance``), gamma and the
+    penalty term's norm (normalised coordinates) at the first and the last outer iteration.
+    Under the premise |y - z| shrinks as gamma grows and the penalty term keeps its size; a
+    |y - z| that grows makes the penalty term grow with gamma and drown the zeroth-order term."""
+    names = list(task.ranges)
+    width = np.array([hi - lo for lo, hi in task.ranges.values()])
+    first, last = trials[0].user_attrs, trials[-1].user_attrs
+    pen = [float(np.linalg.norm(np.array([a[f"penalty_{n}"] for n in names]) * width)) for a in (first, last)]
+    return {"gamma first": first["gamma"], "gamma last": last["gamma"], "|y-z| first": first["yz_distance"],
+            "|y-z| last": last["yz_distance"], "|penalty| first": pen[0], "|penalty| last": pen[1]}
+
+
 def fmt(values: pd.Series) -> str:
     return f"{values.median():.4g} [{values.min():.3g}, {values.max():.3g}]"
 
@@ -111,7 +132,7 @@ def report(task_name: str, profile: str, seeds: int, out: Path, variants: list[s
     names = list(task.ranges)
     primary = task.primary.name
     print(f"\n## {task_name} ({profile}, seeds 0..{seeds - 1})\n")
-    rows, snrs, asks = [], {}, []
+    rows, snrs, asks, premises = [], {}, [], []
     for v in variants:
         folder = out / task_name / v
         cells = collect(st.open_existing(f"sqlite:///{folder / 'diffhpo.sqlite3'}"))[1]
@@ -126,6 +147,7 @@ def report(task_name: str, profile: str, seeds: int, out: Path, variants: list[s
         if method == "bilevel":
             trials = [trials_of(folder, task_name, method, profile, s) for s in range(seeds)]
             snrs[v] = term_table(task, trials)
+            premises += [{"variant": v, "seed": s} | premise_row(task, ts) for s, ts in enumerate(trials) if ts]
             asks += [(len(ts), float(t.user_attrs.get("ask_s", np.nan)), float(t.user_attrs.get("wall_s", np.nan)))
                      for ts in trials for t in ts]
     print("Final protocol, median [min, max] over seeds; chosen schedule, median over seeds:\n")
@@ -142,6 +164,14 @@ def report(task_name: str, profile: str, seeds: int, out: Path, variants: list[s
         r["|zo|/|penalty|"] = f"{float(s['ratio']):.3g}"
         srows.append(r)
     print(pd.DataFrame(srows).to_markdown(index=False))
+    if premises:
+        p = pd.DataFrame(premises)
+        table = p.drop(columns="seed").groupby("variant", sort=False).median()
+        grew = p.assign(g=p["|y-z| last"] > p["|y-z| first"]).groupby("variant", sort=False)["g"]
+        table["|y-z| grew (cells)"] = [f"{int(n)} of {len(g)}" for (_, g), n in zip(grew, grew.sum())]
+        print("\nThe penalty method's premise y - z = O(w/gamma): first and last outer iteration of a cell, "
+              "median over seeds (|y-z| in weight space, |penalty| in normalised coordinates):\n")
+        print(table.reset_index().to_markdown(index=False, floatfmt=".3g"))
     if replay and asks:
         a = np.array(asks)
         print(f"\nSampler proposal on these runs: ask_s median {np.nanmedian(a[:, 1]):.4f} s, max "

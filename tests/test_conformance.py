@@ -12,8 +12,9 @@ reasons are in the ``SKIP`` tables below.
 * ``TrialSeeded`` wrapping ``RandomSampler`` and ``TPESampler`` (multivariate).
 * ``_GridSampler`` (grid search): a grid sampler proposes points of its grid only.
 * ``DefaultSampler`` (the ``default`` baseline): proposes fixed parameters.
-* ``methods/botorch.py``'s BoTorch sampler (in ``TrialSeeded``): only with
-  ``DIFFHPO_CONFORMANCE_BOTORCH=1`` (its GP fits take 15-20 minutes on 2 cores).
+* ``methods/botorch.py``'s BoTorch sampler (in ``TrialSeeded``): 126 cases, about 700 GP fits,
+  under 2 minutes on an idle 2-core machine (the whole file: 797 passed, 173 skipped in 171 s,
+  2026-11-30). ``DIFFHPO_CONFORMANCE_BOTORCH=0`` skips them.
 """
 
 from __future__ import annotations
@@ -322,11 +323,11 @@ def test_bilevel_with_inferred_space_resumes_from_storage(tmp_path, mode):
 
 # --- BoTorch (optuna-integration's BoTorchSampler on one torch thread) ---------------------------
 
-RUN_BOTORCH = os.environ.get("DIFFHPO_CONFORMANCE_BOTORCH") == "1"
+RUN_BOTORCH = os.environ.get("DIFFHPO_CONFORMANCE_BOTORCH", "1") != "0"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not RUN_BOTORCH, reason="about 700 GP fits (15-20 min on 2 cores): set DIFFHPO_CONFORMANCE_BOTORCH=1")
+@pytest.mark.skipif(not RUN_BOTORCH, reason="DIFFHPO_CONFORMANCE_BOTORCH=0: the BoTorch cases (about 700 GP fits) are switched off")
 class TestTrialSeededBoTorch(_SkipTable, BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase):
     """``methods/botorch.py``'s sampler, with one start-up trial so that relative sampling is
     the GP's from the second trial on."""
