@@ -13,6 +13,10 @@ printed), in ``OUT/<task>/<variant>``:
   of the estimate's norm in normalised coordinates; ``tasks/single_loop.py``, ``ablated``).
   The estimate is still computed and recorded, so the cost and the iteration count are
   those of the variant with the term on;
+* ``... penalty=noise``: the penalty term replaced by noise of its size
+  (``bilevel.penalty_term=noise``): where the penalty term dominates the step (the default
+  rule on ``mnist-schedule``), this is a random walk of q under the same step rule, the
+  control for "any move away from the default schedule helps";
 * ``no search``: the ``default`` method (the task's default schedule), for scale.
 
 **Signal-to-noise ratio** of a term, per coordinate: ``|mean_k t_k| / std_k t_k`` over
@@ -61,7 +65,9 @@ from diffhpo.tasks import TASKS
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 RULES = {"default": [], "paper": ["bilevel.preset=paper"]}
-VARIANTS = [f"{rule}{suffix}" for rule in RULES for suffix in ("", "-zo-off", "-zo-noise")] + ["no-search"]
+#: variant suffix -> the ablation switch it sets (the method option ``bilevel.<switch>``)
+SWITCHES = {"-zo-off": "zo_term=off", "-zo-noise": "zo_term=noise", "-penalty-noise": "penalty_term=noise"}
+VARIANTS = [f"{rule}{suffix}" for rule in RULES for suffix in ("", *SWITCHES)] + ["no-search"]
 TERMS = ("zo", "penalty")
 
 
@@ -70,8 +76,9 @@ def command(task: str, variant: str, seeds: int, profile: str, out: Path) -> lis
     cmd = [sys.executable, "-m", "diffhpo", "run", "--task", task, "--method", method, "--profile", profile,
            "--seeds", str(seeds), "--out", str(out / task / variant), "--no-progress", "--no-report"]
     if method == "bilevel":
-        rule, _, switch = variant.partition("-zo-")
-        for opt in RULES[rule] + ([f"bilevel.zo_term={switch}"] if switch else []):
+        rule = next(r for r in RULES if variant == r or variant[len(r):] in SWITCHES and variant.startswith(r))
+        switch = SWITCHES.get(variant[len(rule):])
+        for opt in RULES[rule] + ([f"bilevel.{switch}"] if switch else []):
             cmd += ["--method-option", opt]
     return cmd
 

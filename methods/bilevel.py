@@ -34,7 +34,8 @@ gamma held at 1, and (through the oracle context) the single loop's reference it
 (:mod:`.bilevel_paper`, :data:`diffhpo.tasks.single_loop.PAPER_LOOP`). Settings given
 explicitly win over the preset's. ``zo_term`` (``on``, ``off``, ``noise``) is an
 ablation switch passed to the oracle: the single loop then drops its zeroth-order term
-or replaces it by Gaussian noise of the same norm (``benchmarks/bilevel_ablation.py``).
+or replaces it by Gaussian noise of the same norm (``benchmarks/bilevel_ablation.py``);
+``penalty_term`` is the same switch for its penalty term.
 
 **Zeroth-order fallback.** When the objective reports no hypergradient (a black-box
 task), the gradient is estimated from function values (method.md, "Zeroth-order
@@ -226,6 +227,7 @@ class BilevelSampler(BaseSampler):
         gamma_growth: float | None = None,
         gamma_max: float = 1e4,
         zo_term: str = "on",
+        penalty_term: str = "on",
         zo_scheme: str = "forward",
         zo_directions: int = 2,
         zo_delta: float = 0.02,
@@ -243,8 +245,9 @@ class BilevelSampler(BaseSampler):
         lr_schedule = paper.resolved(preset, "lr_schedule", lr_schedule)
         if lr_schedule not in ("constant", "one-cycle"):
             raise ValueError("lr_schedule must be 'constant' or 'one-cycle'")
-        if zo_term not in ZO_TERMS:
-            raise ValueError(f"zo_term must be one of {', '.join(map(repr, ZO_TERMS))}")
+        for name, switch in (("zo_term", zo_term), ("penalty_term", penalty_term)):
+            if switch not in ZO_TERMS:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, ZO_TERMS))}")
         if zo_scheme not in ("forward", "central"):
             raise ValueError("zo_scheme must be 'forward' or 'central'")
         if zo_central not in ("on-failure", "never", "always"):
@@ -262,7 +265,7 @@ class BilevelSampler(BaseSampler):
         self.gamma0 = float(paper.resolved(preset, "gamma0", gamma0))
         self.gamma_growth = float(paper.resolved(preset, "gamma_growth", gamma_growth))
         self.gamma_max = gamma_max
-        self.zo_term = zo_term
+        self.zo_term, self.penalty_term = zo_term, penalty_term
         self.zo_scheme, self.zo_directions, self.zo_delta = zo_scheme, int(zo_directions), zo_delta
         self.zo_step, self.zo_step_max, self.zo_central = zo_step, zo_step_max, zo_central
         self.seed = seed
@@ -522,7 +525,8 @@ class BilevelSampler(BaseSampler):
         trial sampled independently: the first trial of a study whose space is inferred)."""
         slot = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_KEY, [0])
         k = int(slot[0])
-        return OracleContext(iteration=k, gamma=self.gamma(k), preset=self.preset, zo_term=self.zo_term)
+        return OracleContext(iteration=k, gamma=self.gamma(k), preset=self.preset, zo_term=self.zo_term,
+                             penalty_term=self.penalty_term)
 
 
 @dataclass(frozen=True)
@@ -551,6 +555,8 @@ class BilevelOptions:
     gamma_max: float = option(1e4, "largest penalty weight", gt=0, le=1e12)
     zo_term: str = option("on", "ablation switch of the single-loop oracles: their zeroth-order term on, off (zero) "
                           "or noise (Gaussian of the same norm)", choices=ZO_TERMS)
+    penalty_term: str = option("on", "ablation switch of the single-loop oracles: their penalty term on, off (zero) "
+                               "or noise (Gaussian of the same norm)", choices=ZO_TERMS)
     zo_scheme: str = option("forward", "zeroth-order fallback: forward (one-sided differences sharing the centre "
                             "value, accepted or rejected steps) or central (method.md's two-point pairs)",
                             choices=("forward", "central"))

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DIRECTIONS = ("minimize", "maximize")
-ZO_TERMS = ("on", "off", "noise")  # OracleContext.zo_term: the single loop's ablation switch
+ZO_TERMS = ("on", "off", "noise")  # OracleContext.zo_term / penalty_term: the single loop's ablation switches
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class OracleContext:
     iteration structure uses it, :data:`diffhpo.tasks.single_loop.PAPER_LOOP`, except for
     settings the user gave as task options, :attr:`Task.given_options`). ``zo_term``: an
     ablation switch for oracles with a zeroth-order term (``on``; ``off``: the term is
-    zero; ``noise``: Gaussian noise of the term's norm); other oracles ignore both."""
+    zero; ``noise``: Gaussian noise of the term's norm); ``penalty_term``: the same switch
+    for the penalty term; other oracles ignore all three."""
 
     iteration: int
     gamma: float
@@ -68,6 +69,7 @@ class OracleContext:
     extra: dict[str, Any] = field(default_factory=dict)
     preset: str = "default"
     zo_term: str = "on"
+    penalty_term: str = "on"
 
 
 @dataclass

@@ -53,7 +53,9 @@ The method's oracle context may ask for the reference code's iteration (``preset
 :data:`PAPER_LOOP`, for the settings the user did not give as task options) and for an
 ablation of the zeroth-order term (``zo_term="off"``: zero, ``"noise"``: Gaussian noise of
 the estimate's norm, :func:`ablated`; the estimate is still computed and recorded as
-``zo_<name>``, the term used as ``zo_used_<name>``, so the cost does not change).
+``zo_<name>``, the term used as ``zo_used_<name>``, so the cost does not change), and the
+same ablation of the penalty term (``penalty_term``; recorded as ``penalty_<name>`` and
+``penalty_used_<name>``).
 
 Choices where the paper leaves freedom (measured on ``mnist-schedule``; see
 :mod:`.mnist_schedule.bilevel` for the figures):
@@ -101,7 +103,7 @@ from .base import OracleContext, OracleResult
 from .mnist_schedule import schedules as S
 from .mnist_schedule import training as tr
 
-ZO_NOISE, QGRAD_BATCH, ZO_ABLATION = 31, 33, 34  # derive_seed purpose tags
+ZO_NOISE, QGRAD_BATCH, ZO_ABLATION, PENALTY_ABLATION = 31, 33, 34, 35  # derive_seed purpose tags
 CKPT_VERSION = 1
 #: The reference code's single-loop iteration, used under the bilevel paper preset
 #: (``OracleContext.preset == "paper"``, :mod:`diffhpo.methods.bilevel_paper`) for every
@@ -180,6 +182,8 @@ class SingleLoop:
     def _config_key(self, seed: int, config, context: OracleContext) -> str:
         cfg = {k: v for k, v in asdict(config).items() if k != "budget"}
         loop = {"preset": context.preset, "zo_term": context.zo_term}
+        if context.penalty_term != "on":  # keys of the checkpoints written before this switch existed
+            loop["penalty_term"] = context.penalty_term
         blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION, "loop": loop}, sort_keys=True,
                           default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -334,6 +338,8 @@ class SingleLoop:
         # 3. penalty term (gamma / w) (grad_q g(q, y) - grad_q g(q, z)) on one common batch
         gy, gz = self.qgrad(y, q, batch), self.qgrad(z, q, batch)
         penalty = (gamma / w) * (gy - gz)
+        width = np.array([task.ranges[n][1] - task.ranges[n][0] for n in names])
+        penalty_used = ablated(penalty.numpy(), width, context.penalty_term, derive_seed(seed, PENALTY_ABLATION, k))
 
         # 4. zeroth-order grad_q f(q, y) in normalised coordinates, common noise
         sample_y = st["ema_y"].model if st["ema_y"] is not None else y
@@ -366,7 +372,7 @@ class SingleLoop:
             "ema_z": st["ema_z"].state_dict() if st["ema_z"] is not None else None,
         }
         self._save(folder, k, state)
-        grad = torch.tensor(zo_used, dtype=torch.float64) + penalty
+        grad = torch.tensor(zo_used + penalty_used, dtype=torch.float64)
         work = self.iteration_work(k == 0, cfg)
         cost = sum(work.values()) / self.unit_work()
         with torch.no_grad():
@@ -383,6 +389,8 @@ class SingleLoop:
             info[f"penalty_{n}"] = float(penalty[i])
             if context.zo_term != "on":
                 info[f"zo_used_{n}"] = float(zo_used[i])
+            if context.penalty_term != "on":
+                info[f"penalty_used_{n}"] = float(penalty_used[i])
         for part, v in work.items():
             info[f"cost_{part}"] = v / self.unit_work()
         return OracleResult(metrics=metrics, grad={n: float(grad[i]) for i, n in enumerate(names)}, cost=cost,
@@ -442,8 +450,9 @@ def zo_gradient(fn, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, delta: float,
 
 
 def ablated(zo: np.ndarray, width: np.ndarray, switch: str, seed: int) -> np.ndarray:
-    """The zeroth-order term the hypergradient uses under the ablation switch
-    (``OracleContext.zo_term``): ``on`` the estimate ``zo``; ``off`` zero; ``noise`` a
+    """The term the hypergradient uses under an ablation switch (``OracleContext.zo_term``
+    for the zeroth-order term, ``penalty_term`` for the penalty term; written for the first):
+    ``on`` the estimate ``zo``; ``off`` zero; ``noise`` a
     Gaussian vector with the estimate's norm in normalised coordinates (``zo * width``, the
     coordinates the sampler steps in), drawn from ``seed``, so the control keeps the term's
     size and loses its direction. Natural units in and out."""
@@ -452,7 +461,7 @@ def ablated(zo: np.ndarray, width: np.ndarray, switch: str, seed: int) -> np.nda
     if switch == "off":
         return np.zeros_like(zo, dtype=float)
     if switch != "noise":
-        raise ValueError(f"zo_term must be on, off or noise, not {switch!r}")
+        raise ValueError(f"an ablation switch must be on, off or noise, not {switch!r}")
     noise = np.random.default_rng(seed).standard_normal(len(zo))
     norm = float(np.linalg.norm(np.asarray(zo) * width))
     return noise / np.linalg.norm(noise) * norm / width

@@ -118,6 +118,8 @@ CASES = [
      "option preset='reference' must be one of default, paper"),
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.zo_term=maybe"],
      "option zo_term='maybe' must be one of on, off, noise"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.penalty_term=none"],
+     "option penalty_term='none' must be one of on, off, noise"),
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.lr_schedule=cyclic"],
      "must be one of constant, one-cycle"),
     # storages

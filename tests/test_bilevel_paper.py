@@ -104,6 +104,29 @@ def test_oracle_uses_the_ablated_term(tmp_path, switch):
         assert np.linalg.norm(used * width) == pytest.approx(np.linalg.norm(zo * width))
 
 
+@pytest.mark.parametrize("switch", ["off", "noise"])
+def test_oracle_uses_the_ablated_penalty_term(tmp_path, switch):
+    """The penalty switch: the recorded penalty term is the one computed with the switch on;
+    the hypergradient uses zero or noise of its norm instead, plus the zeroth-order term."""
+    task = GmmScheduleTask("smoke")
+    q = task.default_params()
+    on = task.oracle(q, 0, OracleContext(0, 10.0, workdir=tmp_path / "on"))
+    ab = GmmScheduleTask("smoke").oracle(q, 0, OracleContext(0, 10.0, workdir=tmp_path / switch,
+                                                              penalty_term=switch))
+    assert ab.cost == on.cost
+    width = np.array([hi - lo for lo, hi in task.ranges.values()])
+    used = np.array([ab.info[f"penalty_used_{n}"] for n in PARAM_NAMES])
+    penalty = np.array([on.info[f"penalty_{n}"] for n in PARAM_NAMES])
+    for i, n in enumerate(PARAM_NAMES):
+        assert ab.info[f"penalty_{n}"] == pytest.approx(on.info[f"penalty_{n}"])
+        assert ab.grad[n] == pytest.approx(ab.info[f"zo_{n}"] + used[i])
+    if switch == "off":
+        assert np.all(used == 0)
+    else:
+        assert np.linalg.norm(used * width) == pytest.approx(np.linalg.norm(penalty * width))
+        assert not np.allclose(used, penalty)
+
+
 def test_oracle_under_the_preset_reports_its_next_cost(tmp_path):
     task = GmmScheduleTask("smoke")
     r = task.oracle(task.default_params(), 0, OracleContext(0, 1.0, workdir=tmp_path, preset="paper"))
