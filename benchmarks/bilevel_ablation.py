@@ -76,7 +76,7 @@ def command(task: str, variant: str, seeds: int, profile: str, out: Path) -> lis
     cmd = [sys.executable, "-m", "diffhpo", "run", "--task", task, "--method", method, "--profile", profile,
            "--seeds", str(seeds), "--out", str(out / task / variant), "--no-progress", "--no-report"]
     if method == "bilevel":
-        rule = next(r for r in RULES if variant == r or variant[len(r):] in SWITCHES and variant.startswith(r))
+        rule = variant.split("-")[0]  # a rule's name has no "-"
         switch = SWITCHES.get(variant[len(rule):])
         for opt in RULES[rule] + ([f"bilevel.{switch}"] if switch else []):
             cmd += ["--method-option", opt]
