@@ -182,7 +182,7 @@ class SingleLoop:
     def _config_key(self, seed: int, config, context: OracleContext) -> str:
         cfg = {k: v for k, v in asdict(config).items() if k != "budget"}
         loop = {"preset": context.preset, "zo_term": context.zo_term}
-        if context.penalty_term != "on":  # keys of the checkpoints written before this switch existed
+        if context.penalty_term != "on":  # so that checkpoints written before this switch keep their keys
             loop["penalty_term"] = context.penalty_term
         blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION, "loop": loop}, sort_keys=True,
                           default=str)
@@ -338,13 +338,13 @@ class SingleLoop:
         # 3. penalty term (gamma / w) (grad_q g(q, y) - grad_q g(q, z)) on one common batch
         gy, gz = self.qgrad(y, q, batch), self.qgrad(z, q, batch)
         penalty = (gamma / w) * (gy - gz)
-        width = np.array([task.ranges[n][1] - task.ranges[n][0] for n in names])
+        lo = np.array([task.ranges[n][0] for n in names])
+        hi = np.array([task.ranges[n][1] for n in names])
+        width = hi - lo
         penalty_used = ablated(penalty.numpy(), width, context.penalty_term, derive_seed(seed, PENALTY_ABLATION, k))
 
         # 4. zeroth-order grad_q f(q, y) in normalised coordinates, common noise
         sample_y = st["ema_y"].model if st["ema_y"] is not None else y
-        lo = np.array([task.ranges[n][0] for n in names])
-        hi = np.array([task.ranges[n][1] for n in names])
         dirs = gaussian_directions(seed, k, int(cfg.bl_zo_directions), len(names))
         zo_noise = derive_seed(seed, ZO_NOISE, k)
 
@@ -354,7 +354,7 @@ class SingleLoop:
 
         qn = q.numpy()
         zo_np, f_plus, f_minus = zo_gradient(f_y, qn, lo, hi, float(cfg.bl_zo_delta), dirs, scale=zo_scale)
-        zo_used = ablated(zo_np, hi - lo, context.zo_term, derive_seed(seed, ZO_ABLATION, k))
+        zo_used = ablated(zo_np, width, context.zo_term, derive_seed(seed, ZO_ABLATION, k))
         zo = torch.tensor(zo_np, dtype=torch.float64)
 
         # 5. metrics at q: the lower-level iterate z, the cell's common evaluation noise
