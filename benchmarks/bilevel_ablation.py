@@ -100,14 +100,19 @@ def snr(values: np.ndarray) -> np.ndarray:
     return np.abs(values.mean(0)) / np.maximum(values.std(0, ddof=1), 1e-300)
 
 
-def term_table(task, trials_by_seed: list[list]) -> dict[str, np.ndarray]:
-    names = list(task.ranges)
+def normalised(task, attrs: dict, term: str) -> np.ndarray:
+    """A hypergradient term recorded by the oracle (``<term>_<name>``, natural units) in the
+    sampler's normalised coordinates."""
     width = np.array([hi - lo for lo, hi in task.ranges.values()])
+    return np.array([attrs[f"{term}_{n}"] for n in task.ranges]) * width
+
+
+def term_table(task, trials_by_seed: list[list]) -> dict[str, np.ndarray]:
     out: dict[str, list] = {f"snr_{t}": [] for t in TERMS} | {"ratio": []}
     for trials in trials_by_seed:
         if len(trials) < 3:
             continue
-        terms = {t: np.array([[tr.user_attrs[f"{t}_{n}"] for n in names] for tr in trials]) * width for t in TERMS}
+        terms = {t: np.array([normalised(task, tr.user_attrs, t) for tr in trials]) for t in TERMS}
         for t in TERMS:
             out[f"snr_{t}"].append(snr(terms[t]))
         rms = {t: np.sqrt(np.mean(terms[t] ** 2)) for t in TERMS}
@@ -122,10 +127,8 @@ def premise_row(task, trials: list) -> dict[str, float]:
     penalty term's norm (normalised coordinates) at the first and the last outer iteration.
     Under the premise |y - z| shrinks as gamma grows and the penalty term keeps its size; a
     |y - z| that grows makes the penalty term grow with gamma and drown the zeroth-order term."""
-    names = list(task.ranges)
-    width = np.array([hi - lo for lo, hi in task.ranges.values()])
     first, last = trials[0].user_attrs, trials[-1].user_attrs
-    pen = [float(np.linalg.norm(np.array([a[f"penalty_{n}"] for n in names]) * width)) for a in (first, last)]
+    pen = [float(np.linalg.norm(normalised(task, a, "penalty"))) for a in (first, last)]
     return {"gamma first": first["gamma"], "gamma last": last["gamma"], "|y-z| first": first["yz_distance"],
             "|y-z| last": last["yz_distance"], "|penalty| first": pen[0], "|penalty| last": pen[1]}
 
