@@ -27,6 +27,7 @@ import optuna
 import pandas as pd
 from optuna.storages import BaseStorage
 
+from . import hooks
 from . import storage as st
 from .cache import config_key
 from .fidelity import FIDELITY_STEPS
@@ -229,6 +230,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     trials.to_csv(out / "trials.csv", index=False)  # merged storages: with a source column
     cells.to_csv(out / "cells.csv", index=False)
     written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
+    hooks.pause("report", "", "trials.csv and cells.csv written")
     lc = learning_curves(trials)
     if not lc.empty:
         lc.to_csv(out / "curves.csv", index=False)

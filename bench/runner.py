@@ -44,7 +44,7 @@ from ..methods import METHODS
 from ..methods.base import Method, MethodContext
 from . import options as opt
 from . import storage as st
-from . import workers
+from . import hooks, workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
@@ -411,6 +411,7 @@ def _final_protocol(cell: Cell) -> None:
     runs = list(partial.get("runs", [])) if partial.get("params") == params else []
     measured = list(partial.get("measures", [])) if runs else []
     for s in seeds[len(runs):]:
+        hooks.pause("final", study.study_name, f"repeat {len(runs)}")
         with measure() as m:
             metrics = task.evaluate(params, s, final=True)
         runs.append({k: float(v) for k, v in metrics.items()})

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from ..methods.base import Method, MethodContext
-from . import workers
+from . import hooks, workers
 from .fidelity import progress_reporter
 from .measure import measure
 
@@ -196,7 +196,11 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # heartbeats are run by this loop, not by Study.optimize
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            trial = study.ask(fixed_distributions=cell.ctx.search_space)
+            trial = study.ask()
+        for i, (name, dist) in enumerate(cell.ctx.search_space.items()):
+            hooks.pause("suggest", study.study_name, f"trial {trial.number}, {i} parameter(s) stored")
+            trial._suggest(name, dist)  # what study.ask(fixed_distributions=...) does, one by one
+        study._storage.set_trial_system_attr(trial._trial_id, workers.ASKED, True)
         ask_s = time.perf_counter() - t0
         trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())
         admitted, reason, copy = _admit(cell, trial)
@@ -205,7 +209,9 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
             time.sleep(POLL_S)
             return
         trial.set_user_attr("ask_s", ask_s)
+        hooks.pause("evaluate", study.study_name, f"trial {trial.number}")
         _evaluate_and_tell(cell, trial)
+        hooks.pause("tell", study.study_name, f"trial {trial.number}")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.py): leave no RUNNING trial behind
         reason = f"{INTERRUPTED}: {getattr(exc, 'signal_name', 'SIGINT')}"
         if trial is not None:

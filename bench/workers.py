@@ -52,6 +52,7 @@ def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 RETRY_OF = "failed_trial"  # Optuna's convention (RetryHeartbeatStaleTrialCallback.retried_trial_number)
+ASKED = "diffhpo:asked"  # system attribute: every parameter of the trial is stored (its ask completed)
 PRUNER_KEYS = ("completed_rung_",)  # a pruner's record of the original's progress, not the copy's
 
 
