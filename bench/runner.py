@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from ..methods import METHODS
 from ..methods.base import Method, MethodContext
+from ..methods.seeding import seeded
 from . import options as opt
 from . import storage as st
 from . import hooks, workers
@@ -278,7 +279,7 @@ def prepare_cell(
         raise DiffhpoError(f"method {method_name!r} needs a {method.space!r} search space, which task {task.name!r} lacks")
     ctx = MethodContext(task=task, search_space=space, grid=task.default_grid_for(method.space) or {}, seed=seed,
                         budget=budget, options=options)
-    sampler = method.make_sampler(ctx)
+    sampler = seeded(method.make_sampler(ctx), seed)  # slot-true, also a plain sampler of an external method
     # No pruner: NopPruner, not create_study's default (MedianPruner would stop the trials of
     # every method on a task that reports intermediate values).
     pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else optuna.pruners.NopPruner()

@@ -65,13 +65,23 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     :func:`diffhpo.methods.seeding.slot`) and ``retry_history``. Unlike it, the copy does not
     inherit the user attributes: the original's ``fail_reason``, worker and timings belong
     to the original, and trials.csv shows each trial's own record.
+
+    The parameters are copied only when the original holds a whole configuration (its
+    ``diffhpo:asked`` mark: its ask completed, or it is itself a copy of one). A trial cut off
+    inside ``study.ask``, between two suggests, holds only some of them; keeping those fixed
+    would make the sampler, reseeded for the slot, draw the others in another order (the
+    first draw going to the first missing parameter). Its copy therefore starts from scratch
+    in the same slot, and a sampler deterministic in one process proposes the slot's whole
+    configuration again, as in an uninterrupted run.
     """
     system = {RETRY_OF: trial.number, **{k: v for k, v in trial.system_attrs.items() if not k.startswith(PRUNER_KEYS)}}
     system["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(system["retry_history"]) > MAX_RETRY:
         return
+    whole = bool(trial.system_attrs.get(ASKED))
     study.add_trial(optuna.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, system_attrs=system,
+        state=TrialState.WAITING, params=trial.params if whole else {},
+        distributions=trial.distributions if whole else {}, system_attrs=system,
     ))
 
 

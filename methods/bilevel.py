@@ -206,6 +206,8 @@ class _Coords:
 class BilevelSampler(BaseSampler):
     """Projected first-order steps driven by per-trial hypergradients (see module doc)."""
 
+    rebuilds_from_storage = True  # proposals replay the stored trials: the runner adds no per-slot seeding
+
     def __init__(
         self,
         search_space: Mapping[str, BaseDistribution] | None = None,
