@@ -218,7 +218,8 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     :mod:`diffhpo.bench.merge`). ``source`` labels the rows of the export where the frames
     have no ``source`` column."""
     from . import comparison, export
-    from .provenance import provenance, redact
+    from .provenance import provenance
+    from .provenance import redact_url as redact
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
