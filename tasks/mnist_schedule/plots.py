@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...bench import atomic
 from . import schedules as S
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = folder / f"{stem}_alphabar.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        atomic.save_figure(fig, path, dpi=120)
         written.append(path)
 
         for i, row in group.iterrows():
