@@ -87,6 +87,10 @@ def test_no_password_in_the_log_the_tables_the_export_nor_the_page(url, tmp_path
     main(["report", "--merge", url, "--out", str(merged), "--no-plots"])
     err = capsys.readouterr().err
     assert SECRET not in err
+    with pytest.raises(SystemExit):
+        main(["worker", "--storage", url, "--study", "nope"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no study 'nope' in {redact_url(url)!r}") and SECRET not in err, err
     written = [p for p in (*out.rglob("*"), *merged.rglob("*")) if p.is_file()]
     assert {"cells.csv", "trials.csv", "results_long.csv", "report.html"} <= {p.name for p in written}
     for path in written:
