@@ -106,6 +106,6 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
             images = record["images"][:64]
             grid = torchvision.utils.make_grid(images.float() / 255.0, nrow=8, padding=2, pad_value=0.5)
             path = folder / f"{stem}_samples_{row.method}_seed{int(row.seed)}.png"
-            torchvision.utils.save_image(grid, path)
+            atomic.write(path, lambda p, grid=grid: torchvision.utils.save_image(grid, p))
             written.append(path)
     return written
