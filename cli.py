@@ -215,7 +215,7 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
             storage = st.default_url(Path(out))
         with st.storage_errors(storage), st.opened(storage, existing=True) as opened:
             if not st.cell_studies(opened):
-                raise DiffhpoError(f"storage {storage!r} holds no diffhpo cells; nothing written "
+                raise DiffhpoError(f"storage {st.shown(storage)!r} holds no diffhpo cells; nothing written "
                                    f"(files in {str(out)!r} left as they are)")
             written = write_report(opened, st.ensure_writable(Path(out)), plots=plots, html=html,
                                    command=_command(), source=storage)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from . import atomic
 from .errors import DiffhpoError
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def save_asset(state_dict: dict, out_dir: str | Path, filename: str, record: dic
         "platform": platform.platform(),
         "num_threads": torch.get_num_threads(),
     }
-    record_path(path).write_text(json.dumps(full, indent=2) + "\n")
+    atomic.write_text(record_path(path), json.dumps(full, indent=2) + "\n")
     return full
 
 

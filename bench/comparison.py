@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import atomic
 from .analysis import pairs as pairs_mod
 from .analysis import ranks as ranks_mod
 from .analysis import regret as regret_mod
@@ -58,11 +59,11 @@ def write_tables(comp: Comparison, out: Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"regret": out / "regret.csv", "ranks": out / "ranks.csv", "pairs": out / "pairs.csv",
              "pairs_over_tasks": out / "pairs_over_tasks.csv", "comparison_md": out / "comparison.md"}
-    comp.points.to_csv(paths["regret"], index=False)
-    comp.ranks.to_csv(paths["ranks"], index=False)
-    comp.pairs.to_csv(paths["pairs"], index=False)
-    comp.pairs_over_tasks.to_csv(paths["pairs_over_tasks"], index=False)
-    paths["comparison_md"].write_text(markdown(comp))
+    atomic.write_csv(comp.points, paths["regret"])
+    atomic.write_csv(comp.ranks, paths["ranks"])
+    atomic.write_csv(comp.pairs, paths["pairs"])
+    atomic.write_csv(comp.pairs_over_tasks, paths["pairs_over_tasks"])
+    atomic.write_text(paths["comparison_md"], markdown(comp))
     return paths
 
 

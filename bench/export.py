@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import atomic
+
 ID = ["source", "task", "profile", "method", "seed"]
 PROVENANCE = ["git_commit", "python", "platform", "host"]
 
@@ -78,11 +80,11 @@ def long_table(trials: pd.DataFrame, cells: pd.DataFrame, provenance: dict[str, 
 def write(table: pd.DataFrame, out: Path) -> list[Path]:
     """``results_long.csv``, and ``results_long.parquet`` when pyarrow is installed."""
     paths = [Path(out) / "results_long.csv"]
-    table.to_csv(paths[0], index=False)
+    atomic.write_csv(table, paths[0])
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return paths
     paths.append(Path(out) / "results_long.parquet")
-    table.to_parquet(paths[1], index=False)
+    atomic.write(paths[1], lambda p: table.to_parquet(p, index=False))
     return paths

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import atomic
+
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -89,5 +91,4 @@ def page(title: str, sections: list[Section]) -> str:
 
 
 def write(path: Path, title: str, sections: list[Section]) -> Path:
-    Path(path).write_text(page(title, sections), encoding="utf-8")
-    return Path(path)
+    return atomic.write_text(Path(path), page(title, sections))

@@ -40,49 +40,32 @@ def resolve(source: str) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def _check_sqlite(source: str, url: str) -> None:
-    """A SQLite source must already be an Optuna storage: opening another database would
-    create Optuna's tables in it."""
-    import sqlite3
-
-    path = Path(url[len("sqlite:///"):]).resolve()
-    try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-        try:
-            found = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise DiffhpoError(f"merge input {source!r} is unreadable: {exc}") from None
-    if not found:
-        raise DiffhpoError(f"merge input {source!r} is a SQLite database but not an Optuna storage")
-
-
 def collect_sources(sources: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, cells) of every cell of every source, with a ``source`` column."""
+    """(trials, cells) of every cell of every source, with a ``source`` column. A source
+    that is no storage of its kind (a SQLite database without Optuna's tables, a file that
+    is not a journal) is refused by :func:`diffhpo.bench.storage.check_file` before it is
+    opened, so nothing is written into it. Sources are named without their passwords."""
     from .report import collect
 
     trials, cells = [], []
     for source in sources:
         url = resolve(source)
-        if url.startswith("sqlite:///"):
-            _check_sqlite(source, url)
         try:
             with st.opened(url, existing=True) as storage:
                 t, c = collect(storage)
         except DiffhpoError as exc:
-            raise DiffhpoError(f"merge input {source!r}: {exc}") from None
+            raise DiffhpoError(f"merge input {st.shown(source)!r}: {exc}") from None
         except Exception as exc:  # corrupt files: sqlalchemy, sqlite3 or journal errors
-            raise DiffhpoError(f"merge input {source!r} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise DiffhpoError(f"merge input {st.shown(source)!r} is unreadable: {st._first_line(exc, url)}") from None
         if c.empty:
-            raise DiffhpoError(f"merge input {source!r} holds no diffhpo cell")
+            raise DiffhpoError(f"merge input {st.shown(source)!r} holds no diffhpo cell")
         trials.append(t.assign(source=source))
         cells.append(c.assign(source=source))
     merged = pd.concat(cells, ignore_index=True)
     dup = merged[merged.duplicated(KEYS, keep=False)]
     if len(dup):
         first = dup.iloc[0]
-        where = " and ".join(repr(s) for s in dup[(dup[KEYS] == first[KEYS]).all(axis=1)].source)
+        where = " and ".join(repr(st.shown(s)) for s in dup[(dup[KEYS] == first[KEYS]).all(axis=1)].source)
         raise DiffhpoError(f"cell {st.study_name(first.task, first.method, first.profile, first.seed)} is in both "
                            f"{where}: merge storages of different cells (e.g. other seeds), not copies")
     trials = pd.concat([t for t in trials if not t.empty], ignore_index=True) if any(len(t) for t in trials) else trials[0]

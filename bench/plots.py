@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import atomic  # noqa: E402
+
 
 def write_plots(trials: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[Path]:
     folder = Path(folder)
@@ -62,9 +64,7 @@ def convergence(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: P
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: Path) -> Path:
@@ -113,9 +113,7 @@ def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: 
         ax.axis("off")
     fig.suptitle(f"{cells.task.iloc[0]}: trials over the search space (star: chosen)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def _log_axis(values: pd.Series) -> bool:
@@ -160,9 +158,7 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     axes.flat[0].legend(fontsize="small")
     fig.suptitle(f"{title}\nmedian, band = 25-75%", fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
@@ -186,9 +182,7 @@ def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         row[0].set_ylabel("upper metric")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str, path: Path) -> Path:
@@ -202,6 +196,4 @@ def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str
     sp.critical_difference_diagram(mean_ranks, pvalues, ax=ax, color_palette=colours)
     ax.set_title(title, fontsize="medium", pad=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)

@@ -29,6 +29,7 @@ from optuna.storages import BaseStorage
 
 from . import hooks
 from . import storage as st
+from . import atomic
 from .cache import config_key
 from .fidelity import FIDELITY_STEPS
 from .search import counts
@@ -219,7 +220,8 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     :mod:`diffhpo.bench.merge`). ``source`` labels the rows of the export where the frames
     have no ``source`` column."""
     from . import comparison, export
-    from .provenance import provenance, redact
+    from .provenance import provenance
+    from .provenance import redact_url as redact
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,19 +229,19 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
         cells = cells.assign(source=cells.source.map(redact))
         trials = trials.assign(source=trials.source.map(redact)) if "source" in trials else trials
     written = {}
-    trials.to_csv(out / "trials.csv", index=False)  # merged storages: with a source column
-    cells.to_csv(out / "cells.csv", index=False)
+    atomic.write_csv(trials, out / "trials.csv")  # merged storages: with a source column
+    atomic.write_csv(cells, out / "cells.csv")
     written["trials"], written["cells"] = out / "trials.csv", out / "cells.csv"
     hooks.pause("report", "", "trials.csv and cells.csv written")
     lc = learning_curves(trials)
     if not lc.empty:
-        lc.to_csv(out / "curves.csv", index=False)
+        atomic.write_csv(lc, out / "curves.csv")
         written["curves"] = out / "curves.csv"
     if cells.empty:
         return written
     summary = summarise(cells)
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown(summary, cells))
+    atomic.write_csv(summary, out / "summary.csv")
+    atomic.write_text(out / "summary.md", markdown(summary, cells))
     written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
     comp = comparison.compare(trials, cells)
     written.update(comparison.write_tables(comp, out))

@@ -134,7 +134,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
-        cells = []  # every cell prepared (and its stored settings checked) before any runs
+        planned = []  # (task, method name, method, seed) of every cell that applies
         for task_name, task in tasks.items():
             seeds = spec.seeds_for(task)
             check_seeds(seeds)
@@ -145,17 +145,23 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
                         if seed == seeds[0]:
                             log(f"{task_name}.{method_name}: skipped ({why})")
                         continue
-                    cells.append(prepare_cell(
-                        storage, task, method_name, method, seed, budget=spec.budget,
-                        time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
-                        workdir=spec.out / "work",
-                    ))
+                    planned.append((task, method_name, method, seed))
+        # Every cell's stored settings checked before the first is created or changed: a
+        # refused rerun leaves the storage as it was.
+        for task, method_name, method, seed in planned:
+            name, attrs = _described(task, method_name, method, seed, spec.budget, spec.time_budget,
+                                     spec.method_options.get(method_name, {}))
+            _check_stored(name, _stored_attrs(storage, name), attrs)
+        cells = [prepare_cell(storage, task, method_name, method, seed, budget=spec.budget,
+                              time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
+                              workdir=spec.out / "work")
+                 for task, method_name, method, seed in planned]
         per_task = ", ".join(f"{name} {len(spec.seeds_for(t))}" for name, t in tasks.items())
         log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s); seeds: {per_task}), "
-            f"profile {spec.profile}, storage {url}")
+            f"profile {spec.profile}, storage {st.shown(url)}")
         for cell in cells:
             if spec.create_only:
-                log(f"{cell.study.study_name}: created in {url}")
+                log(f"{cell.study.study_name}: created in {st.shown(url)}")
                 continue
             outcome = run_cell(cell, url=url, n_workers=spec.workers, progress=spec.progress,
                                exclusive=url.startswith("sqlite"), heartbeat=spec.heartbeat)
@@ -237,6 +243,38 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_bud
     }
 
 
+def _described(task: Task, method_name: str, method: Method, seed: int, budget: float | None,
+               time_budget: float | None, method_options: Mapping[str, str] | None) -> tuple[str, dict[str, Any]]:
+    """The cell's study name and the description it is stored with (:func:`_cell_attrs`)."""
+    budget = float(budget if budget is not None else task.budget)
+    options = checked_method_options(method_name, method, method_options or {})
+    return (st.study_name(task.name, method_name, task.profile, seed),
+            _cell_attrs(task, method_name, seed, budget, time_budget, options))
+
+
+def _stored_attrs(storage: BaseStorage, name: str) -> dict[str, Any]:
+    """The user attributes of study ``name`` (empty when there is none), read without
+    creating it."""
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    except KeyError:
+        return {}
+
+
+def _check_stored(name: str, old: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+    """Refuse to continue cell ``name``, stored with ``old``, under the settings ``attrs``
+    (the task's settings must be equal; the rest: :func:`_check_rerun`). A study not yet
+    marked as a cell (new, or its description cut short) is not compared."""
+    if not old.get(st.CELL_MARK):
+        return
+    if old.get("config") != attrs["config"]:
+        raise DiffhpoError(
+            f"study {name!r} already exists in this storage with other task settings; "
+            "use another --out or --storage, or the same --option values as before"
+        )
+    _check_rerun(name, old, attrs)
+
+
 def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """A rerun continues a cell under the settings it was created with. Method options
     never change; the budget (and the time budget) may grow, which extends the search and
@@ -270,10 +308,13 @@ def prepare_cell(
     method_options: Mapping[str, str] | None = None,
     workdir: Path | None = None,
 ) -> Cell:
-    """Create (or reopen) the cell's study with its description, and its sampler."""
+    """Create (or reopen) the cell's study with its description, and its sampler. A cell
+    stored with other settings is refused (:func:`_check_stored`) before anything is
+    written to it; :func:`run_matrix` checks every cell so before it creates the first."""
     budget = float(budget if budget is not None else task.budget)
     options = checked_method_options(method_name, method, method_options or {})
-    name = st.study_name(task.name, method_name, task.profile, seed)
+    name, attrs = _described(task, method_name, method, seed, budget, time_budget, method_options)
+    _check_stored(name, _stored_attrs(storage, name), attrs)
     space = task.search_space_for(method.space)
     if space is None:
         raise DiffhpoError(f"method {method_name!r} needs a {method.space!r} search space, which task {task.name!r} lacks")
@@ -285,15 +326,8 @@ def prepare_cell(
     pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
-    attrs = _cell_attrs(task, method_name, seed, budget, time_budget, options)
     old = study.user_attrs
-    if old.get(st.CELL_MARK) and old.get("config") != attrs["config"]:
-        raise DiffhpoError(
-            f"study {name!r} already exists in this storage with other task settings; "
-            "use another --out or --storage, or the same --option values as before"
-        )
     if old.get(st.CELL_MARK):
-        _check_rerun(name, old, attrs)
         if study.user_attrs.get("status") == "done" and (old.get("budget") != attrs["budget"]
                                                         or old.get("time_budget") != attrs["time_budget"]):
             study.set_user_attr("status", "searching")  # a larger budget: search on, final protocol again
@@ -381,7 +415,7 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
     except StopIteration:
         names = [s.study_name for s in st.cell_studies(storage)]
         raise DiffhpoError(
-            f"no study {study_name!r} in {url!r}; create it with `diffhpo run` first "
+            f"no study {study_name!r} in {st.shown(url)!r}; create it with `diffhpo run` first "
             f"(studies there: {', '.join(names) or 'none'})"
         ) from None
     a = summary.user_attrs

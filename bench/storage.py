@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage
 
 from . import workers
 from .errors import DiffhpoError
+from .provenance import redact_url as shown
 
 CELL_MARK = "diffhpo_cell"
 DEFAULT_DB = "diffhpo.sqlite3"
@@ -54,18 +55,95 @@ _SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 
 
 def check_url(url: str) -> str:
-    """Refuse storage URLs that cannot keep results: empty, unknown schemes, and SQLite in
-    memory (the whole run would be computed and nothing kept)."""
+    """Refuse storage URLs that cannot keep results: empty, unknown schemes, URLs that
+    SQLAlchemy cannot parse, and SQLite in memory (the whole run would be computed and
+    nothing kept); and a file that exists but is not a storage of its kind
+    (:func:`check_file`). Nothing is written. Messages show the URL through
+    :func:`~diffhpo.bench.provenance.redact_url` (no password)."""
     scheme = url.partition("://")[0].partition("+")[0].lower()
     if not url.strip():
         raise DiffhpoError(f"--storage is empty; valid: {VALID_URLS}")
     if "://" not in url or scheme not in _SCHEMES:
-        raise DiffhpoError(f"storage {url!r} is not a storage URL; valid: {VALID_URLS}")
+        raise DiffhpoError(f"storage {shown(url)!r} is not a storage URL; valid: {VALID_URLS}")
+    if scheme != "journal":
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(url)
+        except Exception:  # its message may quote the password: name only the URL, redacted
+            raise DiffhpoError(f"storage {shown(url)!r} is not a valid database URL (SQLAlchemy cannot parse it; "
+                               "a password with '@', ':' or '/' in it can be written with %40, %3A, %2F); "
+                               f"valid: {VALID_URLS}") from None
     if scheme == "sqlite" and url.partition("://")[2].lstrip("/") in ("", ":memory:"):
-        raise DiffhpoError(f"storage {url!r} is an in-memory database, which keeps nothing; valid: {VALID_URLS}")
+        raise DiffhpoError(f"storage {shown(url)!r} is an in-memory database, which keeps nothing; valid: {VALID_URLS}")
     if scheme == "journal" and not url[len("journal://"):].strip("/"):
-        raise DiffhpoError(f"storage {url!r} names no file; valid: {VALID_URLS}")
+        raise DiffhpoError(f"storage {shown(url)!r} names no file; valid: {VALID_URLS}")
+    check_file(url)
     return url
+
+
+def _sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of the SQLite file ``path``, read through a read-only connection (nothing
+    is created or written); None when it is not a SQLite database."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def _is_journal(path: Path) -> bool:
+    """Whether the file's first line is one of Optuna's journal records (a JSON object with
+    an ``op_code``, as :class:`optuna.storages.journal.JournalFileBackend` writes them)."""
+    import json
+
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    try:
+        record = json.loads(first)
+    except ValueError:  # not JSON, not UTF-8, or a first line cut short
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def check_file(url: str, *, existing: bool = False) -> None:
+    """Refuse a storage file that exists but is no storage of its URL's kind, before
+    anything opens it: opening would write into it (Optuna creates its tables inside any
+    SQLite database, and appends its records to any file named by a journal URL).
+
+    Choices: an empty file is a new storage (nothing of the user's is in it); a SQLite
+    database must hold Optuna's ``studies`` table, or no table at all; a journal's first
+    line must be an Optuna record (checking the first line finds a foreign file; a journal
+    cut short at its end is another matter). ``existing``: the storage is to be read, so a
+    SQLite database without Optuna's tables is refused too (``diffhpo report``).
+    """
+    path = _file_of(url)
+    if path is None or not path.exists():
+        return
+    if not path.is_file():
+        raise DiffhpoError(f"storage {shown(url)!r}: {str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        return
+    try:
+        if url.startswith("journal://"):
+            if not _is_journal(path):
+                raise DiffhpoError(f"storage {shown(url)!r} is not an Optuna journal (its first line is not a "
+                                   "journal record); nothing written: name a new file or an existing journal")
+            return
+        tables = _sqlite_tables(path)
+    except OSError as exc:
+        raise DiffhpoError(f"cannot open storage {shown(url)!r}: {exc.strerror or exc}") from None
+    if tables is None:
+        raise DiffhpoError(f"cannot open storage {shown(url)!r}: file is not a database; nothing written")
+    if "studies" not in tables and (tables or existing):
+        held = f" (it holds tables {', '.join(sorted(tables))})" if tables else ""
+        raise DiffhpoError(f"storage {shown(url)!r} is a SQLite database but not an Optuna storage{held}; "
+                           "nothing written: name a new file or an Optuna storage")
 
 
 def _file_of(url: str) -> Path | None:
@@ -82,7 +160,8 @@ def open_existing(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     check_url(url)
     path = _file_of(url)
     if path is not None and not path.is_file():
-        raise DiffhpoError(f"storage {url!r}: no such file {str(path)!r}; nothing to read")
+        raise DiffhpoError(f"storage {shown(url)!r}: no such file {str(path)!r}; nothing to read")
+    check_file(url, existing=True)
     if path is None:
         try:
             import sqlalchemy
@@ -93,9 +172,9 @@ def open_existing(url: str, *, heartbeat: float | None = None) -> BaseStorage:
             finally:
                 engine.dispose()
         except Exception as exc:
-            raise DiffhpoError(f"cannot open storage {url!r}: {_first_line(exc)}") from None
+            raise DiffhpoError(f"cannot open storage {shown(url)!r}: {_first_line(exc, url)}") from None
         if not has:
-            raise DiffhpoError(f"storage {url!r} holds no Optuna studies; nothing to read")
+            raise DiffhpoError(f"storage {shown(url)!r} holds no Optuna studies; nothing to read")
     return open_storage(url, heartbeat=heartbeat)
 
 
@@ -112,9 +191,22 @@ def opened(url: str, *, heartbeat: float | None = None, existing: bool = False) 
             engine.dispose()
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The first line of an error's message, with ``url``'s password hidden should a
+    driver quote it."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(url).password if not url.startswith("journal://") else None
+        except Exception:  # not parseable: check_url refuses it before anything is opened
+            password = None
+        line = line.replace(url, shown(url))
+        if password:
+            line = line.replace(password, "***")
+    return line
 
 
 @contextmanager
@@ -128,9 +220,9 @@ def storage_errors(url: str) -> Iterator[None]:
         yield
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
         inner = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
-        cause = _first_line(getattr(inner, "orig", None) or inner)
+        cause = _first_line(getattr(inner, "orig", None) or inner, url)
         raise DiffhpoError(
-            f"storage {url!r} failed: {cause}; the trials stored before it are kept, "
+            f"storage {shown(url)!r} failed: {cause}; the trials stored before it are kept, "
             "rerun the same command to resume once the cause is fixed"
         ) from None
 
@@ -155,7 +247,7 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
         if url.startswith("sqlite:///"):
             path = Path(url[len("sqlite:///"):])
             if not path.parent.exists() or not os.access(path.parent, os.W_OK):
-                raise DiffhpoError(f"storage {url!r}: folder {str(path.parent)!r} is missing or not writable")
+                raise DiffhpoError(f"storage {shown(url)!r}: folder {str(path.parent)!r} is missing or not writable")
         kwargs: dict = {}
         if not url.startswith("sqlite"):
             interval = max(1, int(round(heartbeat or DEFAULT_HEARTBEAT_S)))
@@ -167,11 +259,11 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     except DiffhpoError:
         raise
     except Exception as exc:  # sqlalchemy / driver errors vary by backend
-        reason = _first_line(exc)
+        reason = _first_line(exc, url)
         if isinstance(exc, ImportError):  # the database driver is missing
             reason += ' (postgresql:// needs pip install -e ".[postgres]"; mysql:// a driver such as PyMySQL)'
         raise DiffhpoError(
-            f"cannot open storage {url!r}: {reason} (valid: {VALID_URLS})"
+            f"cannot open storage {shown(url)!r}: {reason} (valid: {VALID_URLS})"
         ) from None
 
 

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .errors import DiffhpoError
+from .provenance import redact_url
 
 HOST = socket.gethostname()
 WORKER_KEY = "worker"
@@ -211,7 +212,7 @@ def sqlite_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DiffhpoError(
-                f"another diffhpo process is using {url!r}; SQLite is single-process: wait for it, or "
+                f"another diffhpo process is using {redact_url(url)!r}; SQLite is single-process: wait for it, or "
                 "use --storage journal:///FILE (processes on one machine) or postgresql://... "
                 "(several machines) for parallel workers"
             ) from None

@@ -22,14 +22,32 @@ def done(tmp_path_factory):
     return out
 
 
-def _fingerprint(folder: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """Files of the user's that storage URLs may name by mistake: a SQLite database that is
+    not an Optuna storage, and a text file (issue 24, 3a)."""
+    import sqlite3
+
+    folder = tmp_path_factory.mktemp("foreign")
+    con = sqlite3.connect(folder / "people.db")
+    con.execute("CREATE TABLE people (name TEXT)")
+    con.commit()
+    con.close()
+    (folder / "notes.txt").write_text("hello\n")
+    return folder
+
+
+def _fingerprint(folder: Path, pattern: str = "diffhpo.sqlite3*") -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.glob("diffhpo.sqlite3*")) if p.suffix != ".lock"}
+            for p in sorted(folder.glob(pattern)) if p.suffix != ".lock"}
 
 
 E = "{empty}"  # an empty folder of the test
 D = "{done}"  # the finished run's folder
+F = "{foreign}"  # the folder of the user's files
 URL = "sqlite:///{done}/diffhpo.sqlite3"
+SECRET = "S3cretPW"  # the password of the URLs below: in no error line
+PG = "postgresql://alice:S3cretPW@127.0.0.1:9/dh"  # port 9 (discard): refused at once
 
 RUN = ["run", "-p", "smoke", "--no-progress"]
 Q = RUN + ["-t", "quadratic", "-m", "random"]
@@ -129,12 +147,37 @@ CASES = [
     (Q + ["--storage", "nosuch://x"], "is not a storage URL"),
     (Q + ["--storage", "results.db"], "is not a storage URL"),
     (Q + ["--storage", "journal://"], "names no file"),
+    # storages naming the user's files: refused before anything is written into them (24, 3a)
+    (Q + ["--storage", "sqlite:///{foreign}/people.db"], "is a SQLite database but not an Optuna storage"),
+    (Q + ["--storage", "journal:///{foreign}/notes.txt"], "is not an Optuna journal"),
+    (["report", "--out", E, "--storage", "sqlite:///{foreign}/people.db"], "but not an Optuna storage"),
+    (["report", "--out", E, "--storage", "journal:///{foreign}/notes.txt"], "is not an Optuna journal"),
+    (["report", "--out", E, "--merge", "journal:///{foreign}/notes.txt", D], "is not an Optuna journal"),
+    (["worker", "--storage", "journal:///{foreign}/notes.txt", "--study", STUDY], "is not an Optuna journal"),
+    (["worker", "--storage", "sqlite:///{foreign}/people.db", "--study", STUDY], "but not an Optuna storage"),
+    # storage URLs with passwords: named without them, in every form (24, 3b)
+    (Q + ["--storage", PG], "cannot open storage 'postgresql://alice:***@127.0.0.1:9/dh'"),
+    (Q + ["--storage", "postgresql://:S3cretPW@127.0.0.1:9/dh"], "storage 'postgresql://:***@127.0.0.1:9/dh'"),
+    (Q + ["--storage", "postgresql://bob:Sec/S3cretPW@127.0.0.1:9/dh"], "'postgresql://bob:***@127.0.0.1:9/dh'"),
+    (Q + ["--storage", "postgresql://me:p@ss:S3cretPW@127.0.0.1:9/dh"],
+     "storage 'postgresql://me:***@127.0.0.1:9/dh' is not a valid database URL"),
+    (Q + ["--storage", "nosuch://alice:S3cretPW@h/x"], "storage 'nosuch://alice:***@h/x' is not a storage URL"),
+    (["report", "--out", E, "--storage", "mysql://alice:S3cretPW@127.0.0.1:9/dh"],
+     "cannot open storage 'mysql://alice:***@127.0.0.1:9/dh'"),
+    (["report", "--out", E, "--storage", PG], "cannot open storage 'postgresql://alice:***@127.0.0.1:9/dh'"),
+    (["report", "--out", E, "--merge", D, "postgresql://:S3cretPW@127.0.0.1:9/dh"],
+     "merge input 'postgresql://:***@127.0.0.1:9/dh': cannot open storage 'postgresql://:***@127.0.0.1:9/dh'"),
+    (["worker", "--storage", PG, "--study", "nope"], "cannot open storage 'postgresql://alice:***@127.0.0.1:9/dh'"),
     # reruns of the finished run: other settings are refused, naming the stored ones
     (Q + ["--out", D, "--budget", "5"], "was run with --budget 12"),
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--out", D, "--method-option", "bilevel.step=0.1"],
      "was run with --method-option (none)"),
     (Q + ["--out", D, "--option", "noise=0.5"], "already exists in this storage with other task settings"),
     (Q + ["--out", D, "--time-budget", "100"], "was run with --time-budget (none)"),
+    # ... and refused before any cell is created: the new cell of the first method too (24, 3a)
+    (RUN + ["-t", "quadratic", "-m", "tpe,random", "--out", D, "--option", "n_groups=4"],
+     "study 'quadratic.random.smoke.seed0' already exists in this storage with other task settings"),
+    (RUN + ["-t", "quadratic", "-m", "grid,random", "--out", D, "--budget", "5"], "was run with --budget 12"),
     # report
     (["report", "--out", E], "no results in"),
     (["report", "--out", E, "--storage", "sqlite:///{empty}/new.db"], "no such file"),
@@ -183,13 +226,13 @@ def test_every_option_of_every_task_and_method_is_declared():
 
 
 @pytest.mark.parametrize("args, needle", CASES, ids=[" ".join(a[:1] + a[4:])[:60] for a, _ in CASES])
-def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, done, tmp_path, capsys):
+def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, done, foreign, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    args = [a.format(empty=empty, done=done) for a in args]
+    args = [a.format(empty=empty, done=done, foreign=foreign) for a in args]
     if args[0] == "run" and "--out" not in args:
         args += ["--out", str(tmp_path / "o")]
-    before = _fingerprint(done)
+    before, theirs = _fingerprint(done), _fingerprint(foreign, "*")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(args)
@@ -198,6 +241,8 @@ def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, don
     assert exc.value.code == 2, err
     assert "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert needle.format(empty=empty, done=done) in lines[0]
+    assert needle.format(empty=empty, done=done, foreign=foreign) in lines[0]
+    assert SECRET not in err
     assert _fingerprint(done) == before  # the storage is untouched
+    assert _fingerprint(foreign, "*") == theirs and sorted(p.name for p in foreign.iterdir()) == sorted(theirs)
     assert not any(empty.iterdir())  # nothing written where nothing was asked

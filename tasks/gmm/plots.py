@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from ...bench import atomic  # noqa: E402
+
 SWEEP = 25  # guided-sampler lambdas of the dense sweep
 
 
@@ -87,9 +89,7 @@ def _lambda_plot(task, cells: pd.DataFrame, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def _samples_plot(task, cells: pd.DataFrame, path: Path) -> Path | None:
@@ -125,6 +125,4 @@ def _samples_plot(task, cells: pd.DataFrame, path: Path) -> Path | None:
         ax.axis("off")
     fig.suptitle(f"{task.name}: final samples over the exact density of each method's choice", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)

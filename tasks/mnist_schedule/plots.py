@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...bench import atomic
 from . import schedules as S
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = folder / f"{stem}_alphabar.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        atomic.save_figure(fig, path, dpi=120)
         written.append(path)
 
         for i, row in group.iterrows():
@@ -106,6 +106,6 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
             images = record["images"][:64]
             grid = torchvision.utils.make_grid(images.float() / 255.0, nrow=8, padding=2, pad_value=0.5)
             path = folder / f"{stem}_samples_{row.method}_seed{int(row.seed)}.png"
-            torchvision.utils.save_image(grid, path)
+            atomic.write(path, lambda p, grid=grid: torchvision.utils.save_image(grid, p))
             written.append(path)
     return written

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ...bench import atomic  # noqa: E402
+
 
 def upper_vs_lambda(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, path: Path) -> Path | None:
     primary = task_cls.upper_metric
@@ -55,9 +57,7 @@ def upper_vs_lambda(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, path: P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def _ws_lambda(task_cls, cells: pd.DataFrame) -> float:
@@ -98,9 +98,7 @@ def sample_grids(task_cls, cells: pd.DataFrame, path: Path) -> Path | None:
         ax.axis("off")
     fig.suptitle(f"{task_cls.name}: final samples per method (rows: conditions)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
 def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list[Path]:
@@ -149,7 +147,7 @@ def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -
                            "sampler_upper": s[0] if s else np.nan})
         merged = pd.DataFrame(merged).drop_duplicates("lam")
         csv = folder / f"{task_cls.name}_{profile}_premise.csv"
-        merged.to_csv(csv, index=False)
+        atomic.write_csv(merged, csv)
         out.append(csv)
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         if len(bank):
@@ -181,7 +179,6 @@ def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -
         ax.legend(fontsize=7, loc="lower left")
         fig.tight_layout()
         png = folder / f"{task_cls.name}_{profile}_premise.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        atomic.save_figure(fig, png, dpi=110)
         out.append(png)
     return out
