@@ -383,7 +383,7 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
     command = None  # provenance: the command line as typed (sys.argv)
     with st.opened(url) as storage_obj, st.storage_errors(url):
         study = optuna.create_study(storage=storage_obj, study_name=name, load_if_exists=True,
-                                    direction=task.primary.direction)
+                                    direction=task.primary.direction, pruner=optuna.pruners.NopPruner())
         if previous is not None:
             n = rec._import_table(study, previous.frame, previous.meta, plan, space, set(rec.done_indices(study)))
             if n:

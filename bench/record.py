@@ -284,6 +284,8 @@ def record(task: Any, study: optuna.Study, plan: Plan, space: Mapping[str, BaseD
     """Evaluate every planned entry of this shard that the study does not hold yet; returns how
     many were evaluated now. ``on_done(n_done_total)`` after each evaluation (the exporter)."""
     me, of = shard
+    if not isinstance(study.pruner, optuna.pruners.NopPruner):
+        raise ValueError("a recording's study needs optuna.pruners.NopPruner: every evaluation runs to its end")
     mine = lambda i: i % of == me  # noqa: E731
     _fail_leftovers(study, mine)
     have = set(done_indices(study))
