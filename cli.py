@@ -385,7 +385,7 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
         study = optuna.create_study(storage=storage_obj, study_name=name, load_if_exists=True,
                                     direction=task.primary.direction, pruner=optuna.pruners.NopPruner())
         if previous is not None:
-            n = rec._import_table(study, previous.frame, previous.meta, plan, space, set(rec.done_indices(study)))
+            n = rec._import_table(study, previous.frame, previous.meta, plan, space, set(rec.done_indices(study, plan)))
             if n:
                 click.echo(f"loaded {n} evaluations from {path}", err=True)
 
@@ -398,7 +398,7 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
                            log=lambda line: click.echo(line, err=True))
         finally:
             digest = rec.export_table(study, plan, meta, path, command=command)
-        done = len(rec.done_indices(study))
+        done = len(rec.done_indices(study, plan))
     click.echo(f"evaluated {n} now, {done} of {len(plan.entries)} stored; wrote {path} (sha256 {digest[:16]}...)",
                err=True)
 

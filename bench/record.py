@@ -235,13 +235,21 @@ def _fail_leftovers(study: optuna.Study, mine: Callable[[int], bool]) -> None:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
-def done_indices(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
-    """Plan index -> its finished trial (COMPLETE, or FAIL with an evaluation error)."""
+def done_indices(study: optuna.Study, plan: Plan | None = None) -> dict[int, optuna.trial.FrozenTrial]:
+    """Plan index -> its finished trial (COMPLETE, or FAIL with an evaluation error). With
+    ``plan``, only trials whose parameters and seed are that entry's count: a recording whose
+    plan grew (more design points: the Sobol sequence's prefix is the same) reuses what matches."""
     out = {}
     for t in study.get_trials(deepcopy=False):
         idx = t.user_attrs.get(PLAN_KEY)
         if idx is None:
             continue
+        if plan is not None:
+            if int(idx) >= len(plan.entries):
+                continue
+            e = plan.entries[int(idx)]
+            if t.user_attrs.get("seed") != e.seed or _key(t.params) != _key(e.params):
+                continue
         finished = t.state == TrialState.COMPLETE or (
             t.state == TrialState.FAIL and "evaluation_error" in t.user_attrs)
         if finished:
@@ -288,7 +296,7 @@ def record(task: Any, study: optuna.Study, plan: Plan, space: Mapping[str, BaseD
         raise ValueError("a recording's study needs optuna.pruners.NopPruner: every evaluation runs to its end")
     mine = lambda i: i % of == me  # noqa: E731
     _fail_leftovers(study, mine)
-    have = set(done_indices(study))
+    have = set(done_indices(study, plan))
     todo = [e for e in plan.entries if mine(e.index) and e.index not in have]
     if have:
         log(f"resuming: {len(have)} of {len(plan.entries)} evaluations stored, {len(todo)} to do in this shard")
@@ -345,7 +353,7 @@ def table_frame(study: optuna.Study, plan: Plan, meta: dict) -> pd.DataFrame:
     metric_names = [m["name"] for m in meta["metrics"]]
     steps = [int(round(f * FIDELITY_STEPS)) for f in meta["checkpoints"]]
     rows = []
-    for idx, t in sorted(done_indices(study).items()):
+    for idx, t in sorted(done_indices(study, plan).items()):
         e = plan.entries[idx]
         row: dict[str, Any] = {"index": idx, "config": e.config, "role": e.role, "seed": e.seed}
         row.update({f"p_{n}": e.params[n] for n in names})

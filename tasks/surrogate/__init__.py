@@ -118,16 +118,18 @@ class SurrogateTask(Task):
         model = self._model_for(params)
         scale = float(self.config.noise)
         primary = model.primary
-        z = M.draw(params, seed, primary)
-        if report is not None and model.checkpoints:
-            x = M.unit_features(model.space, {n: [params[n]] for n in model.space})
-            curve = M.predict(model.mean[primary], np.c_[np.repeat(x, len(model.checkpoints), 0), model.checkpoints])
-            for frac, m in zip(model.checkpoints, curve):
-                report(frac, float(m) + scale * model.noise_std(primary, float(m), frac) * z)
+        means = model.predict_all(params)
+        z = {primary: M.draw(params, seed, primary)}
+        if report is not None:
+            for frac in model.checkpoints:
+                key = f"{primary}@{frac:g}"
+                if key in means:
+                    report(frac, means[key] + scale * model.noise_std(key, means[key]) * z[primary])
         out = {}
-        for name in model.mean:
-            m = model.predict(name, params, 1.0)
-            zz = z if name == primary else M.draw(params, seed, name)
+        for name, m in means.items():
+            if "@" in name:
+                continue
+            zz = z[primary] if name == primary else M.draw(params, seed, name)
             out[name] = m + scale * model.noise_std(name, m) * zz
         if final and self.known_optimum() is not None and "regret" in {x.name for x in self.metrics} \
                 and model is self._models.get("default"):

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ...bench.record import Table
 from ...methods import space as sp
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 N_TREES = 100
 LEAF = 3
 OPT_POINTS = 2**14
@@ -95,20 +95,58 @@ def unit_features(space: Mapping[str, Any], params: pd.DataFrame | Mapping[str, 
     return np.stack(cols, axis=1)
 
 
-def long_rows(table: Table, space: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features with the fraction as last column, primary values, config ids) over finals and checkpoints."""
-    f = table.frame[table.frame["state"] == "COMPLETE"]
-    x = unit_features(space, {n: f[f"p_{n}"] for n in space})
-    primary = table.meta["metrics"][0]["name"]
-    xs, ys, cs = [np.c_[x, np.ones(len(f))]], [f[f"m_{primary}"].to_numpy(float)], [f["config"].to_numpy()]
-    for frac in table.meta["checkpoints"]:
-        col = f"iv_{int(round(frac * FIDELITY_STEPS))}"
-        if col in f:
-            ok = f[col].notna().to_numpy()
-            xs.append(np.c_[x[ok], np.full(ok.sum(), frac)])
-            ys.append(f[col].to_numpy(float)[ok])
-            cs.append(f["config"].to_numpy()[ok])
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs)
+def output_names(meta: Mapping[str, Any]) -> list[str]:
+    """The mean model's outputs: the primary metric at each checkpoint (``name@fraction``),
+    then every metric's final value."""
+    primary = meta["metrics"][0]["name"]
+    return [f"{primary}@{f:g}" for f in meta["checkpoints"]] + [m["name"] for m in meta["metrics"]]
+
+
+def output_column(meta: Mapping[str, Any], output: str) -> str:
+    name, at, frac = output.partition("@")
+    return f"iv_{int(round(float(frac) * FIDELITY_STEPS))}" if at else f"m_{name}"
+
+
+@dataclass
+class MeanModel:
+    """One multi-output regressor over the configuration: every output standardised (so that
+    the trees' joint squared-error splits weigh the outputs alike), predicted in one call
+    (a surrogate evaluation: one pass over the trees, about a millisecond)."""
+
+    space: dict
+    outputs: list[str]
+    est: Any
+    mu: np.ndarray
+    sd: np.ndarray
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, outputs) in natural units."""
+        y = predict(self.est, x)
+        return y.reshape(len(x), -1) * self.sd + self.mu
+
+
+def fit_mean(frame: pd.DataFrame, meta: Mapping[str, Any], space: Mapping[str, Any],
+             kind: str = "extratrees") -> MeanModel:
+    """The mean model on the COMPLETE rows of ``frame``; outputs with fewer than half their
+    values finite (``regret``, which only the final protocol gives) are left out, and rows
+    with a missing output dropped."""
+    ok = frame[frame["state"] == "COMPLETE"]
+    outs = [o for o in output_names(meta)
+            if output_column(meta, o) in ok and ok[output_column(meta, o)].notna().mean() >= 0.5]
+    y = ok[[output_column(meta, o) for o in outs]].to_numpy(float)
+    good = np.isfinite(y).all(axis=1)
+    y = y[good]
+    x = unit_features(space, {n: ok[f"p_{n}"].to_numpy()[good] for n in space})
+    mu, sd = y.mean(axis=0), y.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    est = estimator(kind)
+    z = (y - mu) / sd
+    if kind == "gradientboosting":
+        from sklearn.multioutput import MultiOutputRegressor
+
+        est = MultiOutputRegressor(est)
+    est.fit(x, z)
+    return MeanModel(dict(space), outs, est, mu, sd)
 
 
 @dataclass
@@ -153,7 +191,7 @@ class Surrogate:
     space: dict
     metrics: list[dict]
     checkpoints: list[float]
-    mean: dict[str, Any]  # metric -> estimator (primary: over [x, fraction])
+    mean: MeanModel
     noise: dict[str, NoiseModel]  # "metric" or "metric@fraction"
     wall: Any
     wall_sigma: float
@@ -166,20 +204,13 @@ class Surrogate:
     def primary(self) -> str:
         return self.metrics[0]["name"]
 
-    def predict(self, metric: str, params: Mapping[str, Any], fraction: float = 1.0) -> float:
+    def predict_all(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """Every output of the mean model at ``params`` (``metric`` and ``primary@fraction``)."""
         x = unit_features(self.space, {n: [params[n]] for n in self.space})
-        if metric == self.primary:
-            x = np.c_[x, [fraction]]
-        return float(predict(self.mean[metric], x)[0])
+        return dict(zip(self.mean.outputs, map(float, self.mean.predict(x)[0])))
 
-    def predict_many(self, metric: str, x: np.ndarray, fraction: float = 1.0) -> np.ndarray:
-        if metric == self.primary:
-            x = np.c_[x, np.full(len(x), fraction)]
-        return predict(self.mean[metric], x)
-
-    def noise_std(self, metric: str, mean: float, fraction: float = 1.0) -> float:
-        key = metric if fraction >= 1.0 else f"{metric}@{fraction:g}"
-        model = self.noise.get(key) or self.noise.get(metric)
+    def noise_std(self, output: str, mean: float) -> float:
+        model = self.noise.get(output)
         return float(model.std(mean)) if model is not None else 0.0
 
 
@@ -196,36 +227,22 @@ def fit(table: Table, space: Mapping[str, Any], kind: str = "extratrees") -> Sur
 
     meta, frame = table.meta, table.frame
     ok = frame[frame["state"] == "COMPLETE"]
-    names = [m["name"] for m in meta["metrics"]]
-    primary = names[0]
-    x = unit_features(space, {n: ok[f"p_{n}"] for n in space})
-    mean: dict[str, Any] = {}
-    X, y, _ = long_rows(table, space)
-    mean[primary] = estimator(kind).fit(X, y)
-    for m in names[1:]:
-        col = ok[f"m_{m}"].to_numpy(float)
-        good = np.isfinite(col)
-        if good.sum() >= 2:
-            mean[m] = estimator(kind).fit(x[good], col[good])
+    primary = meta["metrics"][0]["name"]
+    mean = fit_mean(frame, meta, space, kind)
     noise: dict[str, NoiseModel] = {}
-    for m in mean:
-        s = replicate_spread(frame, f"m_{m}")
-        noise[m] = fit_noise(s["mean"].to_numpy(), s["std"].to_numpy())
-    for frac in meta["checkpoints"]:
-        col = f"iv_{int(round(frac * FIDELITY_STEPS))}"
-        if col in frame:
-            s = replicate_spread(frame, col)
-            noise[f"{primary}@{frac:g}"] = fit_noise(s["mean"].to_numpy(), s["std"].to_numpy())
+    for out in mean.outputs:
+        s = replicate_spread(frame, output_column(meta, out))
+        noise[out] = fit_noise(s["mean"].to_numpy(), s["std"].to_numpy())
+    x = unit_features(space, {n: ok[f"p_{n}"] for n in space})
     logw = np.log(np.maximum(ok["wall_s"].to_numpy(float), 1e-6))
     wall = estimator("extratrees").fit(x, logw)
-    rep = ok.assign(logw=logw)
-    spread = replicate_spread(rep, "logw")
+    spread = replicate_spread(ok.assign(logw=logw), "logw")
     wall_sigma = float(np.sqrt(np.mean(spread["std"] ** 2))) if len(spread) else 0.0
     memory = estimator("extratrees").fit(x, ok["peak_rss_mib"].to_numpy(float))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cand = np.r_[qmc.Sobol(len(space), scramble=True, seed=0).random(OPT_POINTS), x]
-    vals = predict(mean[primary], np.c_[cand, np.ones(len(cand))])
+    vals = mean.predict(cand)[:, mean.outputs.index(primary)]
     i = int(np.argmax(vals) if meta["metrics"][0]["direction"] == "maximize" else np.argmin(vals))
     box = sp.bounds(space)
     best = {n: sp.from_internal(d, float(box[j, 0] + cand[i, j] * (box[j, 1] - box[j, 0])))
