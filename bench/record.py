@@ -448,7 +448,8 @@ def load_table(path: Path | str, *, verify: bool = True) -> Table:
                            f"{str(exc).strip()[:120]}); rebuild it with `diffhpo record`") from None
     if meta.get("format") != FORMAT or "space" not in meta or "metrics" not in meta:
         raise DiffhpoError(f"recorded table {str(path)!r} is not a diffhpo table of format {FORMAT}")
-    frame["error"] = frame["error"].fillna("") if "error" in frame else ""
+    if "error" in frame:
+        frame["error"] = frame["error"].astype(object).where(frame["error"].notna(), "")
     return Table(path, meta, frame, digest)
 
 
