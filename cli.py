@@ -371,9 +371,11 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
     previous = None
     if path.exists():
         previous = rec.load_table(path)
-        if {k_: v for k_, v in previous.meta.items() if k_ in meta} != json.loads(json.dumps(meta)):
-            raise DiffhpoError(f"table {str(path)!r} exists and was recorded with another plan, task version or "
-                               "space; give another --table or remove it")
+        mine = {k_: v for k_, v in json.loads(json.dumps(meta)).items() if k_ != "plan"}
+        if {k_: v for k_, v in previous.meta.items() if k_ in mine} != mine:
+            raise DiffhpoError(f"table {str(path)!r} exists and was recorded for another task version, space or "
+                               "options; give another --table or remove it")
+        # another plan (more configurations or replicates): its evaluations that the new plan holds are reused
     url = st.check_url(storage) if storage else st.default_url(st.ensure_writable(out))
     click.echo(f"recording {task_name} ({profile}, space {variant}): {len(plan.entries)} evaluations "
                f"({configs} design points, {plan.replicated} configurations x {r} seeds) -> {path}", err=True)

@@ -237,34 +237,39 @@ def _fail_leftovers(study: optuna.Study, mine: Callable[[int], bool]) -> None:
 
 def done_indices(study: optuna.Study, plan: Plan | None = None) -> dict[int, optuna.trial.FrozenTrial]:
     """Plan index -> its finished trial (COMPLETE, or FAIL with an evaluation error). With
-    ``plan``, only trials whose parameters and seed are that entry's count: a recording whose
-    plan grew (more design points: the Sobol sequence's prefix is the same) reuses what matches."""
+    ``plan``, a trial counts for the entry of the same parameters and seed, whatever index it
+    was recorded under: a recording whose plan grew (more design points, whose Sobol prefix is
+    the same, or more replicated configurations) reuses every evaluation it already holds."""
+    where = {(_key(e.params), e.seed): e.index for e in plan.entries} if plan is not None else None
     out = {}
     for t in study.get_trials(deepcopy=False):
         idx = t.user_attrs.get(PLAN_KEY)
         if idx is None:
             continue
-        if plan is not None:
-            if int(idx) >= len(plan.entries):
-                continue
-            e = plan.entries[int(idx)]
-            if t.user_attrs.get("seed") != e.seed or _key(t.params) != _key(e.params):
-                continue
         finished = t.state == TrialState.COMPLETE or (
             t.state == TrialState.FAIL and "evaluation_error" in t.user_attrs)
-        if finished:
-            out[int(idx)] = t
+        if not finished:
+            continue
+        if where is not None:
+            idx = where.get((_key(t.params), t.user_attrs.get("seed")))
+            if idx is None:
+                continue
+        out[int(idx)] = t
     return out
 
 
 def _import_table(study: optuna.Study, table: pd.DataFrame, meta: dict, plan: Plan,
                   space: Mapping[str, BaseDistribution], have: set[int]) -> int:
     """Rows of an exported table (an earlier sitting's) not in the storage yet: added as trials."""
+    def rounded(params: Mapping[str, Any], seed: int) -> tuple:
+        return tuple(sorted((n, float(f"{float(v):.8g}")) for n, v in params.items())) + (int(seed),)
+
+    where = {rounded(e.params, e.seed): e.index for e in plan.entries}
     n = 0
     for _, row in table.iterrows():
-        idx = int(row["index"])
-        if idx in have or idx >= len(plan.entries):
-            continue
+        idx = where.get(rounded({k: row[f"p_{k}"] for k in space}, row["seed"]))
+        if idx is None or idx in have:
+            continue  # not in this plan (or a rounding edge case: evaluated again), or stored already
         e = plan.entries[idx]
         attrs = {PLAN_KEY: idx, "seed": e.seed, "config": e.config, "role": e.role, "imported": True}
         for c in ("wall_s", "cpu_s", "peak_rss_mib", "git_commit", "host"):

@@ -231,3 +231,26 @@ def test_bad_recordings_are_refused(args, words, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0], err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_grown_plan_reuses_the_evaluations_it_holds(smoke_table, tmp_path, monkeypatch):
+    """More design points and replicated configurations, from a committed table of the smaller
+    plan in a fresh storage: only the new entries are evaluated."""
+    table = tmp_path / "t.csv.gz"
+    shutil.copy(smoke_table, table)
+    shutil.copy(str(smoke_table) + ".sha256", str(table) + ".sha256")
+    cls = TASKS.get(TASK)
+    real, calls = cls.evaluate, []
+    monkeypatch.setattr(cls, "evaluate", lambda self, p, s, **k: calls.append(s) or real(self, p, s, **k))
+    main(["record", TASK, "-p", "smoke", "--configs", "8", "--replicates", "4:2", "--table", str(table),
+          "--out", str(tmp_path / "store")])
+    assert sorted(calls) == [6, 7, rec.REPLICATE_SEED, rec.REPLICATE_SEED + 1]  # 2 design points, 1 grid point x 2
+    grown, small = rec.load_table(table).frame, rec.load_table(smoke_table).frame
+    assert len(grown) == 16
+    cols = [c for c in _content(small) if c not in ("index", "config")]
+    key = ["seed"] + [c for c in cols if c.startswith("p_")]
+    merged = small[cols].merge(grown[cols], on=key, suffixes=("", "_grown"))
+    assert len(merged) == 12
+    for c in cols:
+        if c not in key:
+            pd.testing.assert_series_equal(merged[c], merged[f"{c}_grown"], check_names=False)
