@@ -15,7 +15,7 @@ The plan (:func:`make_plan`), deterministic in its arguments:
   evaluated on seed ``c``: one seed per configuration, so the mean model averages over seeds
   instead of fitting one seed's landscape.
 * ``K`` replicated configurations, each on the ``R`` seeds ``REPLICATE_SEED + r``: the task's
-  default, then the default grid's points, then design points 0, 1, ... (duplicates dropped),
+  default (a space variant's centre where the default names other parameters), then the default grid's points, then design points 0, 1, ... (duplicates dropped),
   until there are K. The same seeds for every replicated configuration (common random
   numbers): the Spearman between two seeds across these configurations is the noise ceiling of
   :mod:`benchmarks.surrogate_validation`.
@@ -156,7 +156,10 @@ def make_plan(task: Any, space: Mapping[str, BaseDistribution], grid: Mapping[st
                for j, n in enumerate(names)} for u in unit]
     entries = [Planned(i, i, "design", p, i) for i, p in enumerate(points)]
     # replicated configurations: the default, the grid, then design points
-    candidates: list[tuple[str, dict, int | None]] = [("default", {n: task.default_params()[n] for n in names}, None)]
+    default = task.default_params()
+    if set(default) != set(names):  # another variant's space (weighted-sum's w): its centre
+        default = sp.centre(space)
+    candidates: list[tuple[str, dict, int | None]] = [("default", {n: default[n] for n in names}, None)]
     if grid:
         for combo in itertools.product(*(grid[n] for n in names)):
             candidates.append(("grid", {n: sp.snap(space[n], v) for n, v in zip(names, combo)}, None))
