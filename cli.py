@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -306,6 +307,102 @@ def _text(value) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value))
     return f"{value:g}" if isinstance(value, float) else str(value) if value != "" else "''"
+
+
+@cli.command(name="record")
+@click.argument("task_name", metavar="TASK")
+@click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True, type=click.Choice(list(PROFILES)),
+              help="The task's profile the table is recorded under.")
+@click.option("--space", "variant", default="default", show_default=True,
+              help="Search-space variant (default; weighted-sum for the reward tasks' w).")
+@click.option("--configs", type=int, default=1000, show_default=True,
+              help="Design points (scrambled Sobol), each on one seed; at least the space's dimension.")
+@click.option("--replicates", default="20:5", show_default=True, metavar="K:R",
+              help="K configurations (default, grid points, then design points) on R seeds each.")
+@click.option("--design", default="sobol", show_default=True, type=click.Choice(["sobol", "linspace"]),
+              help="sobol: scrambled Sobol; linspace: evenly spaced (log scale where the parameter is), 1-D spaces only.")
+@click.option("--design-seed", type=int, default=0, show_default=True, help="Seed of the scrambled Sobol design.")
+@click.option("--option", "task_options", multiple=True, metavar="KEY=VALUE",
+              help="Task setting overriding the profile (repeatable), e.g. --option objective=bold.")
+@click.option("--table", "table_path", type=click.Path(path_type=Path), default=None,
+              help="The table to write (default: assets/recordings/TASK.PROFILE.SPACE[.OPTIONS].csv.gz); "
+                   "an existing partial table of the same plan is loaded first (resume from committed chunks).")
+@click.option("--out", "-o", "out", default="results/record", show_default=True, type=click.Path(path_type=Path),
+              help="Folder of the default storage (sqlite:///OUT/diffhpo.sqlite3).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/diffhpo.sqlite3).")
+@click.option("--shard", default="0/1", show_default=True, metavar="I/N",
+              help="Evaluate the plan entries i with i %% N == I (N workers or machines on one server storage).")
+@click.option("--export-every", type=int, default=25, show_default=True,
+              help="Rewrite the table after this many evaluations (and at the end).")
+@click.option("--dry-run", is_flag=True, help="Check everything and print the plan's size; evaluate nothing.")
+def record_cmd(task_name, profile, variant, configs, replicates, design, design_seed, task_options, table_path,
+               out, storage, shard, export_every, dry_run):
+    """Record TASK's real evaluations as a table for the surrogate tasks.
+
+    Evaluates a seeded scrambled-Sobol design of the task's search space (one seed per point)
+    and K configurations on R seeds, one Optuna study in the storage; rerunning the same
+    command resumes. Writes one gzip CSV with its .sha256 (see README, "Recorded benchmarks
+    and surrogates", and diffhpo/bench/record.py).
+    """
+    import optuna
+
+    from .bench import record as rec
+    from .bench import storage as st
+    from .bench.registry import TASKS
+
+    _quiet_libraries()
+    k, r = rec.parse_replicates(replicates)
+    me, sep, of = shard.partition("/")
+    if not sep or not me.isdigit() or not of.isdigit() or int(of) < 1 or int(me) >= int(of):
+        raise DiffhpoError(f"--shard takes I/N with 0 <= I < N, got {shard!r}")
+    if export_every < 1:
+        raise DiffhpoError(f"--export-every must be at least 1, got {export_every}")
+    task = TASKS.get(task_name)(profile, **_key_values(task_options, "--option"))
+    space = task.search_space_for(variant)
+    if space is None:
+        raise DiffhpoError(f"task {task_name!r} has no search-space variant {variant!r}; valid: default"
+                           + (", weighted-sum" if task.search_space_for("weighted-sum") is not None else ""))
+    rec.check_space(space, f"task {task_name!r} space {variant!r}")
+    plan = rec.make_plan(task, space, task.default_grid_for(variant), configs=configs, replicated=k, seeds=r,
+                         design=design, design_seed=design_seed)
+    task.check_ready()
+    meta = rec.table_metadata(task, variant, plan, space)
+    path = Path(table_path) if table_path is not None else rec.default_table_path(task, variant)
+    previous = None
+    if path.exists():
+        previous = rec.load_table(path)
+        mine = {k_: v for k_, v in json.loads(json.dumps(meta)).items() if k_ != "plan"}
+        if {k_: v for k_, v in previous.meta.items() if k_ in mine} != mine:
+            raise DiffhpoError(f"table {str(path)!r} exists and was recorded for another task version, space or "
+                               "options; give another --table or remove it")
+        # another plan (more configurations or replicates): its evaluations that the new plan holds are reused
+    url = st.check_url(storage) if storage else st.default_url(st.ensure_writable(out))
+    click.echo(f"recording {task_name} ({profile}, space {variant}): {len(plan.entries)} evaluations "
+               f"({configs} design points, {plan.replicated} configurations x {r} seeds) -> {path}", err=True)
+    if dry_run:
+        return
+    name = rec.recording_name(task, variant)
+    command = None  # provenance: the command line as typed (sys.argv)
+    with st.opened(url) as storage_obj, st.storage_errors(url):
+        study = optuna.create_study(storage=storage_obj, study_name=name, load_if_exists=True,
+                                    direction=task.primary.direction, pruner=optuna.pruners.NopPruner())
+        if previous is not None:
+            n = rec._import_table(study, previous.frame, previous.meta, plan, space, set(rec.done_indices(study, plan)))
+            if n:
+                click.echo(f"loaded {n} evaluations from {path}", err=True)
+
+        def export(done: int) -> None:
+            if done % export_every == 0:
+                rec.export_table(study, plan, meta, path, command=command)
+
+        try:
+            n = rec.record(task, study, plan, space, shard=(int(me), int(of)), on_done=export,
+                           log=lambda line: click.echo(line, err=True))
+        finally:
+            digest = rec.export_table(study, plan, meta, path, command=command)
+        done = len(rec.done_indices(study, plan))
+    click.echo(f"evaluated {n} now, {done} of {len(plan.entries)} stored; wrote {path} (sha256 {digest[:16]}...)",
+               err=True)
 
 
 # --- subcommand groups from other modules (metrics, assets, ...) ---

@@ -10,6 +10,7 @@ from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask
 from .gmm import GmmRewardTask, GmmScheduleTask
+from .surrogate import builtin_surrogates
 
 def register_task(cls: type[Task]) -> type[Task]:
     TASKS.register(cls.name, cls)
@@ -22,5 +23,7 @@ register_task(RewardSdTask)
 register_task(MnistScheduleTask)
 register_task(GmmRewardTask)
 register_task(GmmScheduleTask)
+for _cls in builtin_surrogates({c.name: c for c in (MnistScheduleTask, RewardMnistTask, GmmScheduleTask)}):
+    register_task(_cls)
 
 __all__ = ["TASKS", "Metric", "OracleContext", "OracleResult", "Task", "register_task"]
