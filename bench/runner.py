@@ -105,6 +105,9 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
                         ("--heartbeat", spec.heartbeat)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise DiffhpoError(f"{what} must be a positive finite number, got {value:g}")
+    if spec.budget is not None and "budget" in spec.task_options:
+        raise DiffhpoError(f"--budget {spec.budget:g} and --option budget={spec.task_options['budget']} both set the "
+                           "budget per cell; give one of them")
     if spec.workers < 1:
         raise DiffhpoError(f"--workers must be at least 1, got {spec.workers}")
     if spec.storage is not None:
@@ -130,6 +133,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     (and checked) by :func:`build_tasks`."""
     methods = check_spec(spec)
     tasks = dict(tasks) if tasks is not None else build_tasks(spec)
+    check_applies(tasks, methods)
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
@@ -163,6 +167,19 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         if not spec.create_only:
             _log_failures([c.study for c in cells], log)
     return outcomes
+
+
+def check_applies(tasks: Mapping[str, Task], methods: Mapping[str, Method]) -> None:
+    """Refuse a matrix in which no method applies to any task (:func:`skip_reason`), before
+    the output folder or the storage is created: such a run would do nothing and exit 0."""
+    skipped = {(t, m): skip_reason(task, method) for t, task in tasks.items() for m, method in methods.items()}
+    if skipped and all(skipped.values()):
+        groups: dict[tuple[str, str], list[str]] = {}
+        for (t, m), reason in skipped.items():
+            groups.setdefault((t, reason), []).append(m)
+        why = "; ".join(f"{', '.join(ms)} on {t}: {reason}" for (t, reason), ms in groups.items())
+        raise DiffhpoError(f"nothing to run: no method of --method applies to any task of --task ({why}); "
+                           "nothing written")
 
 
 def skip_reason(task: Task, method: Method) -> str | None:
@@ -288,7 +305,8 @@ def prepare_cell(
     old = study.user_attrs
     if old.get(st.CELL_MARK) and old.get("config") != attrs["config"]:
         raise DiffhpoError(
-            f"study {name!r} already exists in this storage with other task settings; "
+            f"study {name!r} already exists in this storage with other task settings "
+            f"({_config_changes(old.get('config') or {}, attrs['config'])}); "
             "use another --out or --storage, or the same --option values as before"
         )
     if old.get(st.CELL_MARK):
@@ -304,6 +322,15 @@ def prepare_cell(
             study.set_user_attr(key, value)
     return Cell(study=study, task=task, method_name=method_name, method=method, ctx=ctx, sampler=sampler,
                 seed=seed, budget=budget, time_budget=time_budget, workdir=workdir)
+
+
+def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The task settings a rerun would change, each as ``--option KEY=stored (now given)``."""
+    def text(v: Any) -> str:
+        return "(none)" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    return "; ".join(f"stored --option {k}={text(old.get(k))}, now {text(new.get(k))}" for k in keys)
 
 
 def _shown(key: str, value: Any) -> str:
