@@ -178,6 +178,8 @@ def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
     outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
                         workdir=workdir, heartbeat=heartbeat)
     click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
+    if outcome.status.startswith("failed"):
+        sys.exit(1)
 
 
 @cli.command()

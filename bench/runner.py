@@ -48,7 +48,7 @@ from . import workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import Cell, CountedTrialsPruner, ledger, search, search_over
+from .search import Cell, CountedTrialsPruner, EnvironmentStop, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
@@ -119,7 +119,34 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
         )
     methods = {name: METHODS.get(name) for name in spec.methods}
     _check_method_options(spec, methods)
+    check_folders({"output folder (--out)": spec.out})
     return methods
+
+
+def check_folders(folders: Mapping[str, Path]) -> None:
+    """Every folder a run writes, checked before any cell (nothing is created here): the
+    given ones (``--out``, which also holds the single loop's state under ``work/``), the
+    diffhpo cache (``$DIFFHPO_CACHE``, else ``~/.cache/diffhpo``) and matplotlib's config
+    folder. A folder that cannot be made or written is refused with one line naming it; for
+    matplotlib's *default* folder (under an unwritable HOME) the choice is to point
+    ``MPLCONFIGDIR`` into the diffhpo cache instead, which matplotlib would otherwise replace
+    by a temporary folder with a warning on stderr (an ``MPLCONFIGDIR`` set by the user is
+    checked like the others)."""
+    from .cache import cache_root
+
+    todo = {**folders, "diffhpo cache ($DIFFHPO_CACHE, default ~/.cache/diffhpo)": cache_root()}
+    mpl = os.environ.get("MPLCONFIGDIR")
+    if mpl:
+        todo["matplotlib's config folder ($MPLCONFIGDIR)"] = Path(mpl)
+    for what, folder in todo.items():
+        why = st.unwritable(Path(folder))
+        if why:
+            raise DiffhpoError(f"{what} {str(folder)!r} cannot be written: {why}; nothing was run")
+    if not mpl:  # matplotlib's defaults (MPLCONFIGDIR replaces both): config and cache folders
+        defaults = [Path(os.environ.get(var) or Path.home() / sub) / "matplotlib"
+                    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))]
+        if any(st.unwritable(d) for d in defaults):
+            os.environ["MPLCONFIGDIR"] = str(cache_root() / "matplotlib")
 
 
 def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
@@ -349,8 +376,21 @@ def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True,
         return CellOutcome(study.study_name, "done (skipped)", led.spent, len(study.trials))
     if n_workers > 1:
         _spawn_workers(url, study.study_name, n_workers, cell.workdir, heartbeat)
-    led = search(cell, exclusive=exclusive, progress=progress)  # finishes what crashed workers left
+    try:
+        led = search(cell, exclusive=exclusive, progress=progress)  # finishes what crashed workers left
+    except EnvironmentStop as stop:
+        return _stopped(cell, stop)
     return finish_cell(cell, led)
+
+
+def _stopped(cell: Cell, stop: EnvironmentStop) -> CellOutcome:
+    """A cell whose search stopped for a cause outside its configuration: its status says
+    so and the next run searches it again (only a ``done`` cell is skipped)."""
+    study = cell.study
+    status = f"failed: {stop} (fix it and rerun: the cell is retried)"
+    study.set_user_attr("status", status)
+    led = ledger(study.get_trials(deepcopy=False))
+    return CellOutcome(study.study_name, status, led.spent, len(study.trials))
 
 
 def finish_cell(cell: Cell, led) -> CellOutcome:
@@ -413,13 +453,17 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
     a = summary.user_attrs
     if not a.get(st.CELL_MARK):
         raise DiffhpoError(f"study {study_name!r} is not a diffhpo cell")
+    check_folders({"--workdir": workdir} if workdir is not None else {})
     task = TASKS.get(a["task"])(a["profile"], **a["config"])
     task.check_ready()
     cell = prepare_cell(storage, task, a["method"], METHODS.get(a["method"]), int(a["seed"]),
                         budget=a["budget"], time_budget=a.get("time_budget"),
                         method_options=a.get("method_options", {}), workdir=workdir)
     with workers.sqlite_lock(url):
-        led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+        try:
+            led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+        except EnvironmentStop as stop:
+            return _stopped(cell, stop)
     if final and cell.study.user_attrs.get("status") != "done":
         return finish_cell(cell, led)
     return CellOutcome(study_name, "searched", led.spent, len(cell.study.trials))
