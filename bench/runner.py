@@ -119,7 +119,7 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
         )
     methods = {name: METHODS.get(name) for name in spec.methods}
     _check_method_options(spec, methods)
-    check_folders({"output folder (--out)": spec.out})
+    check_folders({"output folder": spec.out})
     return methods
 
 
@@ -141,7 +141,7 @@ def check_folders(folders: Mapping[str, Path]) -> None:
     for what, folder in todo.items():
         why = st.unwritable(Path(folder))
         if why:
-            raise DiffhpoError(f"{what} {str(folder)!r} cannot be written: {why}; nothing was run")
+            raise DiffhpoError(f"{what} {str(folder)!r} is not writable: {why}; nothing was run")
     if not mpl:  # matplotlib's defaults (MPLCONFIGDIR replaces both): config and cache folders
         defaults = [Path(os.environ.get(var) or Path.home() / sub) / "matplotlib"
                     for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))]

@@ -170,7 +170,7 @@ def test_every_folder_a_run_writes_is_checked_before_any_cell(tmp_path, monkeypa
             main(["run", "-t", "quadratic", "-m", "random", "-p", "smoke", "--no-progress",
                   "--storage", f"journal:///{journal}", "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
-        assert exc.value.code == 2 and len(err) == 1 and "cannot be written" in err[0], err
+        assert exc.value.code == 2 and len(err) == 1 and "is not writable" in err[0], err
         assert str(a_file) in err[0] and "is a file, not a folder" in err[0]
         assert not journal.exists() and not (tmp_path / "out").exists()
 
