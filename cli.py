@@ -24,6 +24,21 @@ def _quiet_libraries() -> None:
     logging.getLogger("botorch").setLevel(logging.ERROR)
 
 
+def one_line_warnings() -> None:
+    """Show every Python warning as one stderr line, ``warning: Category: message`` (newlines
+    of the message joined), instead of Python's file, line number and source line: the
+    command line's own warnings (e.g. ``PremiseWarning``) are meant for the user, not a
+    traceback. Python's filters still decide which warnings are shown, and how often."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        try:
+            (file or sys.stderr).write(f"warning: {category.__name__}: {text}\n")
+        except OSError:  # stderr gone: nothing to show it on
+            pass
+
+    warnings.showwarning = show
+
+
 def _split(value: str, what: str, valid: list[str], *, default_all: list[str] | None = None) -> list[str]:
     """Parse 'a,b' or 'all' into names, with one clear error for bad input."""
     items = [x.strip() for x in value.split(",")]
@@ -164,6 +179,8 @@ def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
     outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
                         workdir=workdir, heartbeat=heartbeat)
     click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
+    if outcome.status.startswith("failed"):
+        sys.exit(1)
 
 
 @cli.command()
@@ -417,18 +434,37 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _quiet_further_interrupts() -> None:
+    """After the first interrupt has been handled (the storage is closed, the trial marked),
+    another Ctrl-C or SIGTERM ends the process at once with code 130, without a word:
+    raised inside an exit handler (torch's teardown), it used to print Python's
+    ten-line "Exception ignored in atexit callback" after the ``interrupted:`` line.
+    Exiting (not ignoring) keeps a second Ctrl-C meaning "stop now"."""
+    import os
+
+    def leave(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, leave)
+    signal.signal(signal.SIGTERM, leave)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors print one line and exit with code 2."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    one_line_warnings()
     try:
         cli.main(args=argv, standalone_mode=False)
     except DiffhpoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _quiet_further_interrupts()
         click.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
     except click.UsageError as exc:  # click's own checks (choices, types, unknown options)

@@ -19,9 +19,38 @@ def config_key(description: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
+class CacheWarning(UserWarning):
+    """A cached file could not be read; it was removed and is rebuilt (:func:`unreadable`)."""
+
+
+def cache_root() -> Path:
+    """The diffhpo cache folder (not created): ``$DIFFHPO_CACHE``, else ``~/.cache/diffhpo``."""
+    return Path(os.environ.get("DIFFHPO_CACHE", Path.home() / ".cache" / "diffhpo"))
+
+
+def unreadable(path: str | Path, exc: BaseException) -> None:
+    """A cached file failed to load (truncated, empty, corrupted): name it in one warning
+    line and remove it, so that the caller rebuilds it. Rebuilding is the choice because
+    every file under the cache is derived and can be made again; a file that cannot be
+    removed is refused instead (:class:`~diffhpo.bench.errors.CacheError`, naming it)."""
+    import warnings
+
+    from .errors import CacheError
+
+    path = Path(path)
+    why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        raise CacheError(f"cached file {path} could not be read ({why}) nor removed ({err.strerror}); "
+                         "delete it and rerun") from None
+    warnings.warn(f"cached file {path} could not be read ({why}); removed, rebuilding it", CacheWarning,
+                  stacklevel=2)
+
+
 def cache_dir(*parts: str) -> Path:
     """Return (and create) a folder under the diffhpo cache."""
-    root = Path(os.environ.get("DIFFHPO_CACHE", Path.home() / ".cache" / "diffhpo"))
+    root = cache_root()
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import cache_dir
-from .errors import DiffhpoError
+from .cache import cache_dir, unreadable
+from .errors import CacheError, DiffhpoError
 
 DATASETS = ("mnist5k", "mnist")
 SPLITS = ("train", "heldout")
@@ -116,11 +116,30 @@ def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = _mnist5k_paths(split)
     if not (images_path.exists() and labels_path.exists()):
         _build_mnist5k_cache()
-    images = np.load(images_path)
-    labels = np.load(labels_path)
-    if images.shape != (MNIST5K_SIZES[split], 784) or labels.shape != (MNIST5K_SIZES[split],):
-        raise DiffhpoError(f"corrupt cache {images_path}: delete {images_path.parent} and rerun")
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    loaded = _read_mnist5k(split)
+    if loaded is None:  # a cached file was unreadable: named, removed; build it again, once
+        _build_mnist5k_cache()
+        loaded = _read_mnist5k(split)
+    if loaded is None:
+        raise CacheError(f"corrupt cache {images_path}: rebuilt and still unreadable; delete "
+                         f"{images_path.parent} and rerun")
+    return loaded
+
+
+def _read_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The split's cached arrays, or None after naming (and removing) a file that does not
+    load or has the wrong shape (:func:`~diffhpo.bench.cache.unreadable`)."""
+    arrays = []
+    for path, shape in zip(_mnist5k_paths(split), ((MNIST5K_SIZES[split], 784), (MNIST5K_SIZES[split],))):
+        try:
+            array = np.load(path)
+            if array.shape != shape:
+                raise ValueError(f"shape {array.shape}, expected {shape}")
+        except Exception as exc:
+            unreadable(path, exc)
+            return None
+        arrays.append(torch.from_numpy(array))
+    return arrays[0], arrays[1]
 
 
 def split_mnist5k(pixels: np.ndarray, labels: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

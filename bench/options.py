@@ -120,14 +120,28 @@ def check(owner: str, config: Any) -> Any:
 
 def apply(owner: str, config: Any, options: Mapping[str, Any]) -> Any:
     """``config`` with fields overridden from ``options`` (strings are converted to the
-    field's type), checked with :func:`check`."""
+    field's type), checked with :func:`check`.
+
+    Two optional hooks of the config, both given the names of the options set explicitly:
+    ``resolved(given)`` returns the config of the values that will be *used* (a preset's
+    values for the settings not given), which is what :func:`check` and its rules see (and
+    what is returned); ``inert(given)`` yields ``(key, why)`` for each given option that
+    cannot act together with the other settings (``why`` names the combination), and such
+    an option is refused rather than stored as if it had done something."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     changes = {}
     for key, raw in options.items():
         if key not in fields:
             raise DiffhpoError(f"{owner} has no option {key!r}; valid options: {', '.join(fields)}")
         changes[key] = coerce(owner, key, raw, getattr(config, key))
-    return check(owner, dataclasses.replace(config, **changes) if changes else config)
+    config = dataclasses.replace(config, **changes) if changes else config
+    given = frozenset(changes)
+    if hasattr(config, "resolved"):
+        config = config.resolved(given)
+    check(owner, config)
+    for key, why in config.inert(given) if hasattr(config, "inert") else ():
+        raise DiffhpoError(f"{owner}: option {key}={_show(getattr(config, key))} has no effect {why}; leave it out")
+    return config
 
 
 def coerce(owner: str, key: str, raw: Any, current: Any) -> Any:
@@ -149,7 +163,10 @@ def coerce(owner: str, key: str, raw: Any, current: Any) -> Any:
         if kind is str:
             return raw
         if kind in (tuple, list):
-            items = [x.strip() for x in raw.split(",") if x.strip()]
+            items = [x.strip() for x in raw.split(",")] if raw.strip() else []
+            if any(not x for x in items):  # "0.5,,0.25" or "0.5,": refused, as --task and --method do
+                raise DiffhpoError(f"{owner}: option {key}={raw!r} has an empty item; give a comma-separated "
+                                   "list of values (an empty value for an empty list)")
             element = type(current[0]) if current else str
             return kind(coerce(owner, key, x, element()) if element in (int, float, bool) else x for x in items)
     except ValueError:

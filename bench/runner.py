@@ -49,7 +49,7 @@ from . import hooks, workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import Cell, CountedTrialsPruner, ledger, search, search_over
+from .search import Cell, CountedTrialsPruner, EnvironmentStop, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
@@ -106,6 +106,9 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
                         ("--heartbeat", spec.heartbeat)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise DiffhpoError(f"{what} must be a positive finite number, got {value:g}")
+    if spec.budget is not None and "budget" in spec.task_options:
+        raise DiffhpoError(f"--budget {spec.budget:g} and --option budget={spec.task_options['budget']} both set the "
+                           "budget per cell; give one of them")
     if spec.workers < 1:
         raise DiffhpoError(f"--workers must be at least 1, got {spec.workers}")
     if spec.storage is not None:
@@ -117,7 +120,34 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
         )
     methods = {name: METHODS.get(name) for name in spec.methods}
     _check_method_options(spec, methods)
+    check_folders({"output folder": spec.out})
     return methods
+
+
+def check_folders(folders: Mapping[str, Path]) -> None:
+    """Every folder a run writes, checked before any cell (nothing is created here): the
+    given ones (``--out``, which also holds the single loop's state under ``work/``), the
+    diffhpo cache (``$DIFFHPO_CACHE``, else ``~/.cache/diffhpo``) and matplotlib's config
+    folder. A folder that cannot be made or written is refused with one line naming it; for
+    matplotlib's *default* folder (under an unwritable HOME) the choice is to point
+    ``MPLCONFIGDIR`` into the diffhpo cache instead, which matplotlib would otherwise replace
+    by a temporary folder with a warning on stderr (an ``MPLCONFIGDIR`` set by the user is
+    checked like the others)."""
+    from .cache import cache_root
+
+    todo = {**folders, "diffhpo cache ($DIFFHPO_CACHE, default ~/.cache/diffhpo)": cache_root()}
+    mpl = os.environ.get("MPLCONFIGDIR")
+    if mpl:
+        todo["matplotlib's config folder ($MPLCONFIGDIR)"] = Path(mpl)
+    for what, folder in todo.items():
+        why = st.unwritable(Path(folder))
+        if why:
+            raise DiffhpoError(f"{what} {str(folder)!r} is not writable: {why}; nothing was run")
+    if not mpl:  # matplotlib's defaults (MPLCONFIGDIR replaces both): config and cache folders
+        defaults = [Path(os.environ.get(var) or Path.home() / sub) / "matplotlib"
+                    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"))]
+        if any(st.unwritable(d) for d in defaults):
+            os.environ["MPLCONFIGDIR"] = str(cache_root() / "matplotlib")
 
 
 def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
@@ -131,6 +161,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     (and checked) by :func:`build_tasks`."""
     methods = check_spec(spec)
     tasks = dict(tasks) if tasks is not None else build_tasks(spec)
+    check_applies(tasks, methods)
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
@@ -170,6 +201,19 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         if not spec.create_only:
             _log_failures([c.study for c in cells], log)
     return outcomes
+
+
+def check_applies(tasks: Mapping[str, Task], methods: Mapping[str, Method]) -> None:
+    """Refuse a matrix in which no method applies to any task (:func:`skip_reason`), before
+    the output folder or the storage is created: such a run would do nothing and exit 0."""
+    skipped = {(t, m): skip_reason(task, method) for t, task in tasks.items() for m, method in methods.items()}
+    if skipped and all(skipped.values()):
+        groups: dict[tuple[str, str], list[str]] = {}
+        for (t, m), reason in skipped.items():
+            groups.setdefault((t, reason), []).append(m)
+        why = "; ".join(f"{', '.join(ms)} on {t}: {reason}" for (t, reason), ms in groups.items())
+        raise DiffhpoError(f"nothing to run: no method of --method applies to any task of --task ({why}); "
+                           "nothing written")
 
 
 def skip_reason(task: Task, method: Method) -> str | None:
@@ -269,7 +313,8 @@ def _check_stored(name: str, old: Mapping[str, Any], attrs: Mapping[str, Any]) -
         return
     if old.get("config") != attrs["config"]:
         raise DiffhpoError(
-            f"study {name!r} already exists in this storage with other task settings; "
+            f"study {name!r} already exists in this storage with other task settings "
+            f"({_config_changes(old.get('config') or {}, attrs['config'])}); "
             "use another --out or --storage, or the same --option values as before"
         )
     _check_rerun(name, old, attrs)
@@ -341,6 +386,15 @@ def prepare_cell(
                 seed=seed, budget=budget, time_budget=time_budget, workdir=workdir)
 
 
+def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The task settings a rerun would change, each as ``--option KEY=stored (now given)``."""
+    def text(v: Any) -> str:
+        return "(none)" if v is None else ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    return "; ".join(f"stored --option {k}={text(old.get(k))}, now {text(new.get(k))}" for k in keys)
+
+
 def _shown(key: str, value: Any) -> str:
     if key == "method_options":
         return " ".join(f"{k}={v}" for k, v in sorted((value or {}).items())) or "(none)"
@@ -357,8 +411,21 @@ def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True,
         return CellOutcome(study.study_name, "done (skipped)", led.spent, len(study.trials))
     if n_workers > 1:
         _spawn_workers(url, study.study_name, n_workers, cell.workdir, heartbeat)
-    led = search(cell, exclusive=exclusive, progress=progress)  # finishes what crashed workers left
+    try:
+        led = search(cell, exclusive=exclusive, progress=progress)  # finishes what crashed workers left
+    except EnvironmentStop as stop:
+        return _stopped(cell, stop)
     return finish_cell(cell, led)
+
+
+def _stopped(cell: Cell, stop: EnvironmentStop) -> CellOutcome:
+    """A cell whose search stopped for a cause outside its configuration: its status says
+    so and the next run searches it again (only a ``done`` cell is skipped)."""
+    study = cell.study
+    status = f"failed: {stop} (fix it and rerun: the cell is retried)"
+    study.set_user_attr("status", status)
+    led = ledger(study.get_trials(deepcopy=False))
+    return CellOutcome(study.study_name, status, led.spent, len(study.trials))
 
 
 def finish_cell(cell: Cell, led) -> CellOutcome:
@@ -421,13 +488,17 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
     a = summary.user_attrs
     if not a.get(st.CELL_MARK):
         raise DiffhpoError(f"study {study_name!r} is not a diffhpo cell")
+    check_folders({"--workdir": workdir} if workdir is not None else {})
     task = TASKS.get(a["task"])(a["profile"], **a["config"])
     task.check_ready()
     cell = prepare_cell(storage, task, a["method"], METHODS.get(a["method"]), int(a["seed"]),
                         budget=a["budget"], time_budget=a.get("time_budget"),
                         method_options=a.get("method_options", {}), workdir=workdir)
     with workers.sqlite_lock(url):
-        led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+        try:
+            led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+        except EnvironmentStop as stop:
+            return _stopped(cell, stop)
     if final and cell.study.user_attrs.get("status") != "done":
         return finish_cell(cell, led)
     return CellOutcome(study_name, "searched", led.spent, len(cell.study.trials))

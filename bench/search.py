@@ -2,7 +2,10 @@
 
 Budget accounting is exact with any number of workers. A trial *counts* when it is
 COMPLETE or failed with a recorded cost (its evaluation raised or returned NaN); trials cut
-off by an interruption, and trials released unevaluated, do not. Before asking, a worker
+off by an interruption, trials released unevaluated, and trials failed for a cause outside
+their configuration (:func:`~diffhpo.bench.errors.environment_cause`: a missing or corrupted
+file, permissions, a full disk), do not. The last kind also stops the cell's search
+(:class:`EnvironmentStop`) and is retried by the next run. Before asking, a worker
 checks that the counted cost plus the expected cost of the trials still running is below
 the budget, and waits while it is not (a running trial may still fail). After asking, it
 admits its trial only if the trials *numbered before it* leave room: trial numbers are
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..methods.base import Method, MethodContext
 from . import hooks, workers
+from .errors import ENVIRONMENT, environment_cause
 from .fidelity import progress_reporter
 from .measure import measure
 
@@ -67,7 +71,15 @@ class Cell:
         return self.method.uses_oracle and self.task.has_oracle
 
 
-UNCOUNTED = (INTERRUPTED, "released")
+UNCOUNTED = (INTERRUPTED, "released", ENVIRONMENT)
+
+
+class EnvironmentStop(Exception):
+    """A trial failed for a cause outside its configuration (:func:`~diffhpo.bench.errors.environment_cause`):
+    the cell's search stops at once, instead of spending its budget on trials that would
+    all fail the same way. The trial is not counted and its configuration is enqueued
+    again, so the next run, on a repaired machine, retries the cell instead of finding it
+    spent."""
 
 
 def counts(t: FrozenTrial) -> bool:
@@ -288,9 +300,17 @@ def _evaluate_and_tell(cell: Cell, trial: optuna.Trial) -> None:
         return
     except Exception as exc:
         _record(trial, m.as_attrs(), cost, {})
-        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+        cause = environment_cause(exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        if cause is not None:
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            reason = f"{ENVIRONMENT}: {type(cause).__name__}: {first}"
+        trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("traceback", traceback.format_exc()[-2000:])
         study.tell(trial, state=TrialState.FAIL)
+        if cause is not None:
+            workers.retry(study, study._storage.get_trial(trial._trial_id))
+            raise EnvironmentStop(reason) from exc
         return
     _record(trial, m.as_attrs(), cost, extra)
     for k, v in metrics.items():

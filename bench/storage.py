@@ -49,6 +49,27 @@ def ensure_writable(out: Path) -> Path:
     return out
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be created or written into, or None; creates nothing (a probe
+    file in the nearest existing folder is made and removed at once, since permission bits
+    say nothing about read-only mounts, or to root)."""
+    import tempfile
+
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists():
+        if probe.is_symlink():
+            return f"{probe} is a broken link"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or exc})"
+    return None
+
+
 DEFAULT_HEARTBEAT_S = 10
 VALID_URLS = "sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE"
 _SCHEMES = ("sqlite", "postgresql", "mysql", "journal")

@@ -109,7 +109,7 @@ Example::
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -569,6 +569,35 @@ class BilevelOptions:
     zo_step_max: float = option(0.5, "forward scheme: largest step length", gt=0, le=2)
     zo_central: str = option("on-failure", "forward scheme: central differences (mirrored points) once "
                              "backtracking fails, never, or always", choices=("on-failure", "never", "always"))
+
+    def resolved(self, given: frozenset[str]) -> "BilevelOptions":
+        """The settings the sampler will use: the preset's where not given (as
+        :func:`.bilevel_paper.resolved` does), so that the rules check those values."""
+        # an unknown preset resolves to nothing: check() then names it with the valid ones
+        preset = {k: v for k, v in paper.PRESETS.get(self.preset, {}).items() if k not in given}
+        return replace(self, **preset) if preset else self
+
+    def inert(self, given: frozenset[str]):
+        """Given options that cannot act with the (resolved) step rule or zeroth-order scheme:
+        ``step``/``step_max``/``step_min`` drive rprop and irprop only; ``lr`` adam, adamw and
+        sgd; ``weight_decay`` and ``lr_schedule`` adamw only (:class:`.step_rules.StepRule`);
+        ``cycle_length`` adamw under one-cycle (:meth:`BilevelSampler._rule`); ``zo_step``,
+        ``zo_step_max`` and ``zo_central`` the forward zeroth-order scheme only. An option set
+        to the value it has anyway is refused too (it still does nothing in that combination).
+        Which task a cell has (oracle or zeroth-order) is not known here and is not judged."""
+        acts = {
+            "step": ("rprop", "irprop"), "step_max": ("rprop", "irprop"), "step_min": ("rprop", "irprop"),
+            "lr": ("adam", "adamw", "sgd"), "weight_decay": ("adamw",), "lr_schedule": ("adamw",),
+        }
+        for key in sorted(given):
+            if key in acts and self.optimizer not in acts[key]:
+                yield key, (f"with optimizer {self.optimizer} (it acts with optimizer "
+                            f"{' or '.join(acts[key])} only)")
+            elif key == "cycle_length" and not (self.optimizer == "adamw" and self.lr_schedule == "one-cycle"):
+                yield key, (f"with optimizer {self.optimizer} and lr_schedule {self.lr_schedule} "
+                            "(it acts with optimizer adamw and lr_schedule one-cycle only)")
+            elif key in ("zo_step", "zo_step_max", "zo_central") and self.zo_scheme != "forward":
+                yield key, f"with zo_scheme {self.zo_scheme} (it acts with zo_scheme forward only)"
 
     def rules(self):
         yield self.step_min <= self.step <= self.step_max, "need step_min <= step <= step_max"

@@ -78,6 +78,10 @@ CASES = [
     (Q + ["--budget", "nan"], "--budget must be a positive finite number"),
     (Q + ["--time-budget", "0"], "--time-budget must be a positive finite number"),
     (Q + ["--time-budget", "inf"], "--time-budget must be a positive finite number"),
+    (Q + ["--budget", "3", "--option", "budget=5"], "--budget 3 and --option budget=5 both set the budget"),
+    (RUN + ["-t", "quadratic", "-m", "sha,hyperband,median"],
+     "nothing to run: no method of --method applies to any task of --task (sha, hyperband, median on quadratic: "
+     "a pruning method, and the task has no fidelity"),
     (Q + ["--workers", "0"], "--workers must be at least 1"),
     (Q + ["--workers", "2"], "--workers needs a storage several processes can share"),
     (Q + ["--heartbeat", "0"], "--heartbeat must be a positive finite number"),
@@ -100,6 +104,9 @@ CASES = [
     (Q + ["--option", "n_groups=2.5"], "option n_groups='2.5' is not a valid int"),
     (Q + ["--option", "hypergradient=magic"], "must be one of penalty, exact"),
     (Q + ["--option", "sleep_s=-1"], "option sleep_s=-1 must be >= 0"),
+    (RUN + ["-t", "gmm-schedule", "-m", "random", "--option", "checkpoints=0.5,,0.25"],
+     "option checkpoints='0.5,,0.25' has an empty item"),
+    (MS + ["--option", "checkpoints=0.5,"], "option checkpoints='0.5,' has an empty item"),
     (MS + ["--option", "schedule=linear"], "must be one of cosine, sigmoid"),
     (MS + ["--option", "image_size=3"], "option image_size=3 must be >= 4"),
     (MS + ["--option", "image_size=7"], "image_size must be a multiple of 2"),
@@ -140,6 +147,24 @@ CASES = [
      "option penalty_term='none' must be one of on, off, noise"),
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.lr_schedule=cyclic"],
      "must be one of constant, one-cycle"),
+    # method options that cannot act with the other settings (issue 24, 3f)
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.lr_schedule=one-cycle"],
+     "option lr_schedule='one-cycle' has no effect with optimizer rprop (it acts with optimizer adamw only)"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.cycle_length=5"],
+     "option cycle_length=5 has no effect with optimizer rprop and lr_schedule constant"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.optimizer=adamw",
+            "--method-option", "bilevel.cycle_length=5"], "option cycle_length=5 has no effect with optimizer adamw"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.lr=0.1"],
+     "option lr=0.1 has no effect with optimizer rprop"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.preset=paper",
+            "--method-option", "bilevel.step=0.1"], "option step=0.1 has no effect with optimizer adamw"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.weight_decay=0.1"],
+     "option weight_decay=0.1 has no effect with optimizer rprop"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.zo_scheme=central",
+            "--method-option", "bilevel.zo_central=never"], "has no effect with zo_scheme central"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.preset=paper",
+            "--method-option", "bilevel.gamma0=20", "--method-option", "bilevel.gamma_max=5"],
+     "gamma0 must not exceed gamma_max"),
     # storages
     (Q + ["--storage", "sqlite://"], "is an in-memory database"),
     (Q + ["--storage", "sqlite:///:memory:"], "is an in-memory database"),
@@ -172,7 +197,8 @@ CASES = [
     (Q + ["--out", D, "--budget", "5"], "was run with --budget 12"),
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--out", D, "--method-option", "bilevel.step=0.1"],
      "was run with --method-option (none)"),
-    (Q + ["--out", D, "--option", "noise=0.5"], "already exists in this storage with other task settings"),
+    (Q + ["--out", D, "--option", "noise=0.5"],
+     "already exists in this storage with other task settings (stored --option noise=1.0, now 0.5)"),
     (Q + ["--out", D, "--time-budget", "100"], "was run with --time-budget (none)"),
     # ... and refused before any cell is created: the new cell of the first method too (24, 3a)
     (RUN + ["-t", "quadratic", "-m", "tpe,random", "--out", D, "--option", "n_groups=4"],
@@ -246,3 +272,28 @@ def test_bad_input_is_one_error_line_with_exit_2_and_no_change(args, needle, don
     assert _fingerprint(done) == before  # the storage is untouched
     assert _fingerprint(foreign, "*") == theirs and sorted(p.name for p in foreign.iterdir()) == sorted(theirs)
     assert not any(empty.iterdir())  # nothing written where nothing was asked
+
+
+def test_a_matrix_where_nothing_applies_creates_nothing(tmp_path, capsys):
+    """Issue 24, 3e: every method skipped used to run 0 cells, create an empty storage and exit 0."""
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as exc:
+        main(RUN + ["-t", "quadratic", "-m", "sha,hyperband,median", "--no-report", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "nothing to run" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("options", [
+    ["bilevel.preset=paper", "bilevel.gamma_max=5"],  # the preset's gamma0 (1) is checked, not the default's (10)
+    ["bilevel.optimizer=adamw", "bilevel.lr_schedule=one-cycle", "bilevel.cycle_length=5"],
+    ["bilevel.preset=paper", "bilevel.cycle_length=5", "bilevel.lr=0.1"],
+    ["bilevel.optimizer=irprop", "bilevel.step=0.1"],
+])
+def test_method_options_that_act_together_are_accepted(options):
+    """Issue 24, 3f: checks apply to the values that will be used (the preset's where not given)."""
+    from diffhpo.bench.runner import RunSpec, check_spec
+
+    spec = RunSpec(tasks=["quadratic"], methods=["bilevel"], seeds=[0],
+                   method_options={"bilevel": dict(o.split(".", 1)[1].split("=") for o in options)})
+    check_spec(spec)

@@ -323,3 +323,41 @@ def test_kills_in_every_window_leave_the_configurations_of_an_uninterrupted_run(
     write_report(storage, out, plots=False, html=False)
     n_trials = sum(len(optuna.load_study(study_name=s.study_name, storage=storage).trials) for s in st.cell_studies(storage))
     assert len(pd.read_csv(out / "trials.csv")) == n_trials and len(pd.read_csv(out / "cells.csv")) == len(expected)
+
+
+SECOND_INTERRUPT_SCRIPT = """
+import atexit, sys, time
+
+def teardown():  # stands in for torch's exit handlers, which take a while
+    print("teardown", file=sys.stderr, flush=True)
+    time.sleep(3)
+
+atexit.register(teardown)
+from diffhpo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_second_interrupt_during_teardown_is_quiet(tmp_path):
+    """Issue 24, 3h: a second SIGINT shortly after the first (inside an exit handler) printed
+    Python's "Exception ignored in atexit callback ... KeyboardInterrupt" after the
+    `interrupted:` line. It must end the process with 130 and nothing more on stderr."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", SECOND_INTERRUPT_SCRIPT, *CMD, "--out", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # the first SIGINT once the search runs, the second inside the teardown
+        lines.append(line)
+        if line.startswith("diffhpo run:"):
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+        if line.startswith("teardown"):
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=60)[1]
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert INTERRUPTED_LINE in err
+    assert "Exception ignored" not in err and "KeyboardInterrupt" not in err and "Traceback" not in err, err
+    assert rest.strip() == "", err

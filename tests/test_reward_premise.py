@@ -144,3 +144,33 @@ def test_the_premise_plot_uses_the_bank_curve_of_the_cells_configuration(tmp_pat
     premise(type(mine), cells, trials, tmp_path)
     table = pd.read_csv(tmp_path / "gmm-reward_smoke_premise.csv")
     assert table.lam.max() == pytest.approx(mine.config.lam_high) != other.config.lam_high
+
+
+PREMISE_SCRIPT = """
+import numpy as np
+from diffhpo.cli import main
+from diffhpo.tasks.base import OracleContext
+from diffhpo.tasks.gmm import GmmRewardTask
+from diffhpo.tasks.reward.bank import Bank
+
+main(["list"])  # the command line's setup, in this process
+rng = np.random.default_rng(0)
+r2 = rng.normal(size=2000)
+r1 = r2 + 0.1 * rng.normal(size=2000)
+task = GmmRewardTask("smoke")
+task.bank = lambda seed: Bank(("c",), r1[None], r2[None], 2000, "k", False)
+task.oracle({"lam": 1.0}, 0, OracleContext(iteration=0, gamma=1.0))
+"""
+
+
+def test_the_premise_warning_is_one_stderr_line():
+    """Issue 24, 3h: it used to print three lines (Python's warning with file and line, the
+    source line, then the message again)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PREMISE_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("warning: PremiseWarning: diffhpo: task 'gmm-reward', seed 0: the bank estimate")

@@ -41,7 +41,7 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from ..cache import cache_dir
+from ..cache import cache_dir, unreadable
 from ..errors import DiffhpoError
 from . import feature_net
 from .images import as_image_batch
@@ -183,6 +183,8 @@ def compute_fidelity(
     subset = min(kid_subset_size, n_gen, n_ref)
     cache_root = _cache_root(cache_key, backend) if cache and cache_key else None
     before = _snapshot(cache_root)
+    if cache_root is not None:
+        _drop_unreadable(cache_root)
     raw = torch_fidelity.calculate_metrics(
         input1=ImageDataset(generated, rgb=rgb),
         input2=ref_ds,
@@ -310,6 +312,27 @@ def _cache_root(cache_key: str, backend: str) -> Path:
     if safe != cache_key:  # keep distinct names distinct after sanitising
         safe += "-" + hashlib.sha256(cache_key.encode()).hexdigest()[:8]
     return cache_dir("fidelity", safe, _backend_cache_tag(backend))
+
+
+def _drop_unreadable(folder: Path) -> None:
+    """Name and remove the cached reference statistics in ``folder`` that do not load (a
+    truncated or empty ``.pt`` of an earlier run), so torch-fidelity computes them again
+    instead of failing every call (:func:`~diffhpo.bench.cache.unreadable`). Each file is
+    checked once per process and modification time: a whole load on every call would double
+    the reading."""
+    for p in sorted(folder.glob("*.pt")) if folder.is_dir() else ():
+        key = (str(p), p.stat().st_mtime_ns)
+        if key in _CHECKED:
+            continue
+        try:
+            # torch-fidelity's own files (numpy arrays inside), in diffhpo's cache: loaded as it loads them
+            torch.load(p, map_location="cpu", weights_only=False)
+            _CHECKED.add(key)
+        except Exception as exc:
+            unreadable(p, exc)
+
+
+_CHECKED: set[tuple[str, int]] = set()
 
 
 def _snapshot(folder: Path | None) -> dict[str, int]:

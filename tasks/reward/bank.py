@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...bench.cache import cache_dir, config_key
+from ...bench.cache import cache_dir, config_key, unreadable
 
 STEP_COST = {"unet": 2.0, "decoder": 1.0}
 
@@ -78,8 +78,11 @@ def load_or_build(
     key = cache_key({**description, "conditions": list(conditions)})
     path = bank_path(key)
     if use_cache and path.exists():
-        with np.load(path) as data:
-            return Bank(tuple(conditions), data["r1"], data["r2"], int(data["images"]), key, True)
+        try:
+            with np.load(path) as data:
+                return Bank(tuple(conditions), data["r1"], data["r2"], int(data["images"]), key, True)
+        except Exception as exc:  # truncated, empty or not an npz: named, removed, rebuilt below
+            unreadable(path, exc)
     r1, r2, images = build()
     r1, r2 = np.asarray(r1, dtype=np.float64), np.asarray(r2, dtype=np.float64)
     if r1.shape != r2.shape or r1.shape[0] != len(conditions):

@@ -316,12 +316,10 @@ class RewardTask(Task):
         bank = self.bank(seed)
         g = self.config.guidance
         warning = self.preflight(seed) if context.iteration == 0 else None
-        if warning is not None:
-            import sys
+        if warning is not None:  # the command line shows it as one stderr line (cli.one_line_warnings)
             import warnings
 
             warnings.warn(warning, PremiseWarning, stacklevel=2)
-            print(warning, file=sys.stderr, flush=True)
         est = pen.estimate(bank.per_condition(g), lam, context.gamma)
         cost = self.config.oracle_cost + (self.bank_cost(bank) if context.iteration == 0 else 0.0)
         lower = float(np.mean([pen.tilted_mean(bank.r2[k], g * bank.r2[k], lam) for k in range(len(bank.conditions))]))
