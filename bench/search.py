@@ -57,6 +57,7 @@ class Cell:
     budget: float
     time_budget: float | None = None
     workdir: Path | None = None
+    on_start: Any = None  # (trial, ask seconds) once admitted: the simulated clock (bench/simulate.py)
 
     @property
     def max_trials(self) -> int | None:
@@ -167,7 +168,8 @@ def _postfix(bar: tqdm, study: optuna.Study) -> None:
 def _admit(cell: Cell, trial: optuna.Trial) -> tuple[bool, str, bool]:
     """(admitted, reason, enqueue a copy) for a freshly asked trial."""
     study = cell.study
-    led = ledger(study.get_trials(deepcopy=False), before=trial.number)
+    stored = getattr(study._storage, "unfiltered", study._storage)  # the budget counts what a view hides
+    led = ledger(stored.get_all_trials(study._study_id, deepcopy=False), before=trial.number)
     if _full(cell, led):
         return False, "released: budget taken by earlier trials", True
     admit = getattr(cell.sampler, "admit", None)
@@ -205,6 +207,8 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
             time.sleep(POLL_S)
             return
         trial.set_user_attr("ask_s", ask_s)
+        if cell.on_start is not None:
+            cell.on_start(trial, ask_s)
         _evaluate_and_tell(cell, trial)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.py): leave no RUNNING trial behind
         reason = f"{INTERRUPTED}: {getattr(exc, 'signal_name', 'SIGINT')}"
