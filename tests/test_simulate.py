@@ -9,7 +9,9 @@ from optuna.trial import TrialState
 
 from diffhpo.bench import storage as st
 from diffhpo.bench.fidelity import FIDELITY_STEPS
+from diffhpo.bench.analysis.regret import search_path
 from diffhpo.bench.registry import TASKS
+from diffhpo.bench.report import collect
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.bench.simulate import clock
 from diffhpo.cli import main
@@ -148,6 +150,13 @@ def test_four_workers_sampler_sees_only_results_ended_by_its_ask(timed, tmp_path
         assert t.user_attrs["sim_ask_s"] >= free[t.user_attrs["sim_worker"]]
     # four workers finish the same budget in less simulated time than one would need
     assert max(end.values()) < 0.5 * sum(t.user_attrs["sim_model_s"] for t in trials)
+    # the report's time axis is the simulated end, and its curve is in that order
+    rows, _ = collect(st.open_storage(st.default_url(tmp_path)))
+    assert sorted(rows.elapsed_s) == sorted(end.values()) and rows.sim_worker.notna().all()
+    assert list(rows.elapsed_s) != sorted(rows.elapsed_s)  # trials ended out of number order
+    path = search_path(rows, maximise=False)
+    assert path.elapsed_s.is_monotonic_increasing and path.best.is_monotonic_decreasing
+    assert path.best.iloc[-1] == min(t.value for t in trials)
 
 
 def test_killed_and_resumed_equals_uninterrupted(timed, tmp_path):
