@@ -22,6 +22,10 @@ Parallel workers: ``run --workers N`` starts N ``diffhpo worker`` processes per 
 (journal or PostgreSQL/MySQL storage; SQLite is single-process), waits for them, finishes
 whatever a crashed worker left, then runs the final protocol. ``diffhpo worker`` joins an
 existing cell from any machine (see :func:`join_cell`).
+
+Simulated workers: ``run --simulate-workers N`` runs each cell of a task with a time model
+as N asynchronous workers on a simulated clock, in this process (:mod:`diffhpo.bench.simulate`);
+the cell records N (``simulated_workers``) and a rerun must give the same.
 """
 
 from __future__ import annotations

@@ -235,6 +235,7 @@ def search_simulated(cell: Cell, n_workers: int, *, progress: bool = True) -> Le
                 workers.fail_waiting(study, "released: the search ended before this retry ran")
                 return led
             view.now, view.worker = ask_at, worker
+            sim_study._thread_local.cached_all_trials = None  # Optuna's per-study trial cache is of another time
             ready = getattr(cell.sampler, "ready", None)
             if ready is not None and not ready(sim_study):
                 nxt = clk.next_event_after(ask_at)

@@ -220,3 +220,16 @@ def test_rerun_with_another_worker_count_is_refused(timed, tmp_path, capsys):
                   "--no-report", "--out", str(tmp_path), *extra])
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and err[-1].startswith("error: ") and "was run with --simulate-workers 4" in err[-1]
+
+
+def test_a_sampler_that_is_not_ready_makes_the_free_worker_wait(timed, tmp_path):
+    """The bilevel sampler (zeroth-order here: the task has no oracle) evaluates an iteration's
+    points before the next; a free worker waits for the running trial to end."""
+    run_matrix(_spec(tmp_path, methods=["bilevel"], simulate_workers=4), log=lambda s: None)
+    trials = _trials(tmp_path, "bilevel")
+    assert len(trials) == 16 and all(t.state == TrialState.COMPLETE for t in trials)
+    end = {t.number: t.user_attrs["sim_end_s"] for t in trials}
+    # trial 0 is the first iterate alone: trial 1 waits for its result although 3 workers are free
+    assert trials[1].user_attrs["sim_ask_s"] == pytest.approx(end[0])
+    for t in trials:
+        assert t.user_attrs["sim_visible"] == sum(1 for n in end if n != t.number and end[n] <= t.user_attrs["sim_ask_s"])
