@@ -150,7 +150,7 @@ class SimulatedView:
         return getattr(self._inner, name)
 
     def _shown(self, t: FrozenTrial) -> FrozenTrial:
-        if not t.state.is_finished() or _ended_by(t, self.now):
+        if not counts(t) or _ended_by(t, self.now):  # a trial cut off never ran on the simulated clock
             return t
         return FrozenTrial(
             number=t.number, state=TrialState.RUNNING, value=None, values=None, datetime_start=t.datetime_start,

@@ -13,7 +13,7 @@ from diffhpo.bench.analysis.regret import search_path
 from diffhpo.bench.registry import TASKS
 from diffhpo.bench.report import collect
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.bench.simulate import clock
+from diffhpo.bench.simulate import SimulatedView, clock
 from diffhpo.cli import main
 from diffhpo.methods import METHODS
 from diffhpo.methods.base import Method
@@ -176,6 +176,59 @@ def test_killed_and_resumed_equals_uninterrupted(timed, tmp_path):
         ends = lambda ts: [t.user_attrs["sim_end_s"] for t in ts if t.state == TrialState.COMPLETE]
         assert ends(cut) == pytest.approx(ends(whole), abs=1.0)  # up to the measured ask seconds
     assert n_cut == 3  # each interruption cut one trial, retried
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no handler runs, the trial is left RUNNING in the storage."""
+
+
+def test_killed_anywhere_and_resumed_equals_uninterrupted(timed, tmp_path, monkeypatch):
+    """Killed inside an evaluation, and between recording a trial's simulated end and its tell."""
+    run_matrix(_spec(tmp_path / "whole", methods=["tpe"], simulate_workers=4), log=lambda s: None)
+    real = optuna.storages.RDBStorage.set_trial_state_values
+    calls = {"n": 0, "at": None}
+
+    def killing(self, trial_id, state, values=None):
+        calls["n"] += state == TrialState.COMPLETE
+        if calls["n"] == calls["at"]:
+            raise _Killed
+        return real(self, trial_id, state, values)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", killing)
+    for kind, at in (("evaluate", 4), ("tell", 3), ("evaluate", 3), ("tell", 2)):
+        timed.calls, timed.interrupt_at, calls["n"], calls["at"] = 0, None, 0, None
+        if kind == "evaluate":
+            monkeypatch.setattr(_Timed, "evaluate", _killing_evaluate(at))
+        else:
+            calls["at"] = at
+        with pytest.raises(_Killed):
+            run_matrix(_spec(tmp_path / "cut", methods=["tpe"], simulate_workers=4), log=lambda s: None)
+        monkeypatch.undo()
+        monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", killing)
+    monkeypatch.undo()
+    run_matrix(_spec(tmp_path / "cut", methods=["tpe"], simulate_workers=4), log=lambda s: None)
+    whole, cut = _trials(tmp_path / "whole", "tpe"), _trials(tmp_path / "cut", "tpe")
+    assert sum(t.state == TrialState.FAIL for t in cut) == 4  # each kill left one trial, retried
+    key = lambda ts: [(t.params, t.value, t.user_attrs["sim_worker"]) for t in ts if t.state == TrialState.COMPLETE]
+    assert key(cut) == key(whole)
+    tells = [t for t in cut if t.state == TrialState.FAIL and "sim_end_s" in t.user_attrs]
+    assert tells  # a trial killed before its tell had its simulated end recorded, and is ignored:
+    storage = st.open_storage(st.default_url(tmp_path / "cut"))
+    view = SimulatedView(storage, lambda params: 0.0)  # at time 0 every counted trial is still running
+    shown = {t.number: t.state for t in view.get_all_trials(storage.get_study_id_from_name("timed.tpe.smoke.seed0"))}
+    assert all(shown[t.number] == TrialState.FAIL for t in tells)  # no phantom running trial
+    assert all(shown[t.number] == TrialState.RUNNING for t in cut if t.state == TrialState.COMPLETE)
+
+
+def _killing_evaluate(at):
+    original = _Timed.evaluate
+
+    def evaluate(self, params, seed, *, final=False, report=None):
+        if type(self).calls + 1 == at:
+            raise _Killed
+        return original(self, params, seed, final=final, report=report)
+
+    return evaluate
 
 
 def test_time_budget_is_simulated_seconds_and_pruned_trials_end_early(timed, tmp_path):
