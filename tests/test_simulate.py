@@ -124,6 +124,14 @@ def test_one_simulated_worker_is_a_plain_run(timed, tmp_path):
             if i:
                 assert u["sim_ask_s"] == pytest.approx(sim[i - 1].user_attrs["sim_end_s"])
         assert "sim_end_s" not in plain[0].user_attrs
+    # and with a pruner: the same trials pruned at the same rungs
+    for out, sim in (("plain-sha", None), ("sim-sha", 1)):
+        run_matrix(_spec(tmp_path / out, tasks=["timed-curves"], methods=["sha"], simulate_workers=sim),
+                   log=lambda s: None)
+    plain, sim = (_trials(tmp_path / out, "sha", "timed-curves") for out in ("plain-sha", "sim-sha"))
+    assert any(t.state == TrialState.PRUNED for t in sim)
+    assert [(t.params, t.state, t.intermediate_values) for t in sim] == [
+        (t.params, t.state, t.intermediate_values) for t in plain]
 
 
 def test_four_workers_sampler_sees_only_results_ended_by_its_ask(timed, tmp_path):
