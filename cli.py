@@ -104,12 +104,15 @@ def cli():
               help="Worker processes per cell (needs a journal:/// or server storage; SQLite is single-process).")
 @click.option("--heartbeat", type=float, default=None,
               help="Heartbeat seconds of running trials on PostgreSQL/MySQL (default 10; stale after 3x).")
+@click.option("--simulate-workers", type=int, default=None, metavar="N",
+              help="Simulate N asynchronous workers on a simulated clock, in one process (tasks with a time "
+                   "model only; --time-budget is then in simulated seconds). See bench/simulate.py.")
 @click.option("--create-only", is_flag=True,
               help="Create the cells' studies and exit (then start `diffhpo worker`s on any machine).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
 def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
-        task_options, method_options, n_workers, heartbeat, create_only, no_progress, no_report):
+        task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, no_progress, no_report):
     """Run (or resume) the benchmark matrix tasks x methods x seeds.
 
     Each cell is one Optuna study in one storage; every method of a cell gets the same
@@ -138,6 +141,7 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         seed_start=seed_start, profile=profile, out=out, storage=storage, budget=budget, time_budget=time_budget,
         task_options=_key_values(task_options, "--option"), method_options=per_method,
         progress=not no_progress, workers=n_workers, heartbeat=heartbeat, create_only=create_only,
+        simulate_workers=simulate_workers,
     )
     check_spec(spec)  # every value, and every task's data and weights, before the first line of work
     built = build_tasks(spec)

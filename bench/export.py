@@ -8,7 +8,8 @@ final-protocol evaluation (``kind`` = ``final``). Columns:
   ``kind``, ``number`` (trial number; empty for final), ``state`` (trial state, or the
   cell's status for final), ``counted`` (counts towards the budget), ``worker``;
 * ``budget``, ``cost``, ``budget_fraction`` (counted cost so far / budget; for final: the
-  whole search), ``elapsed_s`` (cumulative search seconds; for final: the search's),
+  whole search), ``elapsed_s`` (cumulative search seconds, or with simulated workers the
+  trial's simulated end ``sim_end_s``; for final: the search's),
   ``wall_s`` (this evaluation's seconds);
 * ``metric``, ``value``, ``primary`` (the cell's objective), ``direction`` (of the
   objective), ``optimum`` (the task's known optimum, where known), ``params`` (JSON);

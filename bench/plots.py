@@ -43,7 +43,7 @@ def convergence(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: P
     for i, (method, g) in enumerate(done.groupby("method")):
         curves = []
         for _, s in g.groupby("seed"):
-            s = s.sort_values("number")
+            s = s.sort_values(["elapsed_s", "number"], kind="stable")  # simulated workers end out of order
             best = s.value.cummax() if maximise else s.value.cummin()
             idx = np.searchsorted(s.elapsed_s.to_numpy(), grid, side="right") - 1
             curve = np.where(idx >= 0, best.to_numpy()[np.clip(idx, 0, None)], np.nan)

@@ -61,13 +61,14 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
                 cost=u.get("cost", np.nan), wall_s=u.get("wall_s", np.nan),
                 ask_s=u.get("ask_s", np.nan), cpu_s=u.get("cpu_s", np.nan),
                 peak_rss_mib=u.get("peak_rss_mib", np.nan), peak_gpu_mib=u.get("peak_gpu_mib", np.nan),
-                elapsed_s=elapsed, fail_reason=u.get("fail_reason", ""),
+                elapsed_s=float(u.get("sim_end_s", elapsed)),  # simulated workers: the simulated end
+                fail_reason=u.get("fail_reason", ""),
                 retry_of=t.system_attrs.get(RETRY_OF, ""),
                 intermediate=json.dumps({int(k): v for k, v in sorted(t.intermediate_values.items())})
                 if t.intermediate_values else "",
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
-            row.update({k: v for k, v in u.items() if k.startswith("metric_")})
+            row.update({k: v for k, v in u.items() if k.startswith(("metric_", "sim_"))})
             trial_rows.append(row)
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         row = dict(key)

@@ -22,6 +22,10 @@ Parallel workers: ``run --workers N`` starts N ``diffhpo worker`` processes per 
 (journal or PostgreSQL/MySQL storage; SQLite is single-process), waits for them, finishes
 whatever a crashed worker left, then runs the final protocol. ``diffhpo worker`` joins an
 existing cell from any machine (see :func:`join_cell`).
+
+Simulated workers: ``run --simulate-workers N`` runs each cell of a task with a time model
+as N asynchronous workers on a simulated clock, in this process (:mod:`diffhpo.bench.simulate`);
+the cell records N (``simulated_workers``) and a rerun must give the same.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .measure import measure
 from .registry import TASKS
 from .search import Cell, CountedTrialsPruner, EnvironmentStop, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
+from .simulate import check_simulate, search_simulated
 
 Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
 
@@ -72,6 +77,7 @@ class RunSpec:
     heartbeat: float | None = None
     create_only: bool = False
     seed_start: int = 0
+    simulate_workers: int | None = None  # simulated asynchronous workers (bench/simulate.py)
 
     def seeds_for(self, task: Task) -> list[int]:
         """The seeds of ``task``'s cells: the given ones, or the task's ``default_seeds``
@@ -111,6 +117,7 @@ def check_spec(spec: RunSpec) -> dict[str, Method]:
                            "budget per cell; give one of them")
     if spec.workers < 1:
         raise DiffhpoError(f"--workers must be at least 1, got {spec.workers}")
+    check_simulate(spec.simulate_workers, spec.tasks, TASKS, spec.workers)
     if spec.storage is not None:
         st.check_url(spec.storage)
     if spec.workers > 1 and (spec.storage or "sqlite").startswith("sqlite"):
@@ -185,7 +192,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
             _check_stored(name, _stored_attrs(storage, name), attrs)
         cells = [prepare_cell(storage, task, method_name, method, seed, budget=spec.budget,
                               time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
-                              workdir=spec.out / "work")
+                              workdir=spec.out / "work", simulate_workers=spec.simulate_workers)
                  for task, method_name, method, seed in planned]
         per_task = ", ".join(f"{name} {len(spec.seeds_for(t))}" for name, t in tasks.items())
         log(f"diffhpo run: {len(cells)} cell(s) ({len(tasks)} task(s) x {len(methods)} method(s); seeds: {per_task}), "
@@ -325,6 +332,13 @@ def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> N
     never change; the budget (and the time budget) may grow, which extends the search and
     repeats the final protocol, but never shrink, which would label more trials than the
     budget allows with the smaller one."""
+    if old.get("simulated_workers") != new.get("simulated_workers"):
+        def how(n):
+            return "without --simulate-workers" if n is None else f"with --simulate-workers {n}"
+        raise DiffhpoError(
+            f"study {name!r} was run {how(old.get('simulated_workers'))}, not {how(new.get('simulated_workers'))}; "
+            "rerun with the stored value, or use another --out or --storage"
+        )
     if old.get("method_options", {}) != new["method_options"]:
         raise DiffhpoError(
             f"study {name!r} was run with --method-option {_shown('method_options', old.get('method_options'))}, "
@@ -352,6 +366,7 @@ def prepare_cell(
     time_budget: float | None = None,
     method_options: Mapping[str, str] | None = None,
     workdir: Path | None = None,
+    simulate_workers: int | None = None,
 ) -> Cell:
     """Create (or reopen) the cell's study with its description, and its sampler. A cell
     stored with other settings is refused (:func:`_check_stored`) before anything is
@@ -371,6 +386,8 @@ def prepare_cell(
     pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
+    if simulate_workers is not None:
+        attrs["simulated_workers"] = int(simulate_workers)
     old = study.user_attrs
     if old.get(st.CELL_MARK):
         if study.user_attrs.get("status") == "done" and (old.get("budget") != attrs["budget"]
@@ -409,6 +426,9 @@ def run_cell(cell: Cell, *, url: str, n_workers: int = 1, progress: bool = True,
     led = ledger(study.get_trials(deepcopy=False))
     if study.user_attrs.get("status") == "done" and search_over(cell, led):
         return CellOutcome(study.study_name, "done (skipped)", led.spent, len(study.trials))
+    simulated = study.user_attrs.get("simulated_workers")
+    if simulated is not None:
+        return finish_cell(cell, search_simulated(cell, int(simulated), progress=progress))
     if n_workers > 1:
         _spawn_workers(url, study.study_name, n_workers, cell.workdir, heartbeat)
     try:
@@ -488,6 +508,8 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
     a = summary.user_attrs
     if not a.get(st.CELL_MARK):
         raise DiffhpoError(f"study {study_name!r} is not a diffhpo cell")
+    if a.get("simulated_workers") is not None:
+        raise DiffhpoError(f"study {study_name!r} runs on simulated workers in one process; resume it with `diffhpo run`")
     check_folders({"--workdir": workdir} if workdir is not None else {})
     task = TASKS.get(a["task"])(a["profile"], **a["config"])
     task.check_ready()

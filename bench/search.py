@@ -61,6 +61,7 @@ class Cell:
     budget: float
     time_budget: float | None = None
     workdir: Path | None = None
+    on_start: Any = None  # (trial, ask seconds) once admitted: the simulated clock (bench/simulate.py)
 
     @property
     def max_trials(self) -> int | None:
@@ -179,7 +180,8 @@ def _postfix(bar: tqdm, study: optuna.Study) -> None:
 def _admit(cell: Cell, trial: optuna.Trial) -> tuple[bool, str, bool]:
     """(admitted, reason, enqueue a copy) for a freshly asked trial."""
     study = cell.study
-    led = ledger(study.get_trials(deepcopy=False), before=trial.number)
+    stored = getattr(study._storage, "unfiltered", study._storage)  # the budget counts what a view hides
+    led = ledger(stored.get_all_trials(study._study_id, deepcopy=False), before=trial.number)
     if _full(cell, led):
         return False, "released: budget taken by earlier trials", True
     admit = getattr(cell.sampler, "admit", None)
@@ -222,6 +224,8 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
             return
         trial.set_user_attr("ask_s", ask_s)
         hooks.pause("evaluate", study.study_name, f"trial {trial.number}")
+        if cell.on_start is not None:
+            cell.on_start(trial, ask_s)
         _evaluate_and_tell(cell, trial)
         hooks.pause("tell", study.study_name, f"trial {trial.number}")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cli.py): leave no RUNNING trial behind

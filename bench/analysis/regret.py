@@ -55,14 +55,18 @@ def _maximise(direction: str) -> bool:
 
 def search_path(trials: pd.DataFrame, maximise: bool) -> pd.DataFrame:
     """One cell's best-so-far search value after each completed counted trial, with its
-    budget fraction (capped at 1) and cumulative search seconds. Trials whose value is an
-    oracle's estimate (column ``estimate``) are not search values and are left out."""
+    budget fraction (capped at 1) and cumulative search seconds (for simulated workers the
+    simulated end, ``sim_end_s``). Trials whose value is an oracle's estimate (column
+    ``estimate``) are not search values and are left out."""
     estimate = trials["estimate"].astype(bool) if "estimate" in trials else False
     t = trials[trials.counted.astype(bool) & (trials.state == "COMPLETE") & trials.value.notna() & ~estimate]
-    t = t.sort_values("number")
+    # In order of the time the result was known: number order for a plain run; the simulated
+    # end for simulated workers (bench/simulate.py), where the fraction is then the budget
+    # handed out by the latest trial finished so far.
+    t = t.sort_values(["elapsed_s", "number"], kind="stable")
     best = t.value.cummax() if maximise else t.value.cummin()
     return pd.DataFrame({
-        "fraction": np.minimum(t.budget_fraction.to_numpy(float), 1.0),
+        "fraction": np.maximum.accumulate(np.minimum(t.budget_fraction.to_numpy(float), 1.0)),
         "elapsed_s": t.elapsed_s.to_numpy(float),
         "best": best.to_numpy(float),
     })
