@@ -25,7 +25,16 @@ def test_verdict_names_the_dominating_method_the_indistinguishable_one_and_the_s
     (line,) = compare(trials, cells).verdict
     assert line.startswith("synth (smoke, 8 seeds): best good (median final loss 0.135, lower is better)"), line
     assert "significantly better than bad" in line and "cannot be told apart from twin" in line
-    assert "too few" not in line and "worse" not in line
+    assert "too few" not in line and "worse" not in line and "whatever the data" not in line  # 8 seeds can reject
+
+
+def test_verdict_says_when_the_seeds_cannot_reach_significance_whatever_the_data(tmp_path):
+    trials, cells = collect(storage(f"sqlite:///{tmp_path}/s.db", range(6)))
+    (line,) = compare(trials, cells).verdict
+    # 6 seeds: exact signed-rank p >= 2/2^6; Holm over 3 pairs: >= 0.094 even for good against bad
+    assert "cannot be told apart from bad, twin" in line and "significantly" not in line, line
+    assert line.endswith("(whatever the data, 6 seeds cannot reach Holm p < 0.05 over 3 pairs: the smallest possible "
+                         "is 0.094; it takes 7 seeds).")
 
 
 def test_verdict_says_too_few_seeds_with_the_number_the_test_needs(tmp_path):

@@ -110,8 +110,8 @@ def per_task(pts: pd.DataFrame, pairs: pd.DataFrame) -> list[Verdict]:
             floor = n_pairs * 2.0 / 2 ** max(tested)
             if floor >= ALPHA:
                 need = next(n for n in range(MIN_PAIRS, 64) if n_pairs * 2.0 / 2 ** n < ALPHA)
-                v.power_note = (f" (with {max(tested)} seeds and {n_pairs} tested pairs no difference can reach "
-                                f"Holm p < {ALPHA}: the smallest is {min(floor, 1.0):.2g}; {need} seeds could)")
+                v.power_note = (f" (whatever the data, {max(tested)} seeds cannot reach Holm p < {ALPHA} over "
+                                f"{n_pairs} pairs: the smallest possible is {min(floor, 1.0):.2g}; it takes {need} seeds)")
         if v.untested:
             most = max(nonzero) if nonzero else 0
             v.untested_note = (f"at most {most} seed(s) with a non-zero difference; the test needs {MIN_PAIRS}")
