@@ -46,16 +46,17 @@ def attrs(row: pd.Series) -> dict:
     return {k[5:]: v for k, v in row.items() if k.startswith("attr_") and pd.notna(v)}
 
 
-def pruning(cells: pd.DataFrame, trials: pd.DataFrame) -> list[Diagnostic]:
-    """Per pruning method and task (trials with intermediate values, some PRUNED): trials per seed,
+def pruning(cells: pd.DataFrame, trials: pd.DataFrame, pruners: frozenset[str] = frozenset()) -> list[Diagnostic]:
+    """Per pruning method and task (``pruners``: the methods with a pruner, shown even where it
+    stopped nothing; any other method with PRUNED trials too): trials per seed,
     trials per budget unit (what the budget bought), and at each rung (the checkpoints a trial
     reported at, as fractions of the lower-level solve) the share of the trials that reached it
     and were stopped there."""
     out = []
-    if trials.empty or "intermediate" not in trials or not (trials.state == "PRUNED").any():
+    if trials.empty or "intermediate" not in trials:
         return out
     for (method, task, profile), t in trials.groupby(["method", "task", "profile"], sort=True):
-        if not (t.state == "PRUNED").any():
+        if not ((t.state == "PRUNED").any() or method in pruners and (t.intermediate.fillna("") != "").any()):
             continue
         c = cells[(cells.method == method) & (cells.task == task) & (cells.profile == profile)]
         n = t.groupby("seed").size()
@@ -109,8 +110,8 @@ def known_optimum(cells: pd.DataFrame, trials: pd.DataFrame) -> list[Diagnostic]
     return out
 
 
-def builtin(cells: pd.DataFrame, trials: pd.DataFrame) -> list[Diagnostic]:
-    return pruning(cells, trials) + known_optimum(cells, trials)
+def builtin(cells: pd.DataFrame, trials: pd.DataFrame, pruners: frozenset[str] = frozenset()) -> list[Diagnostic]:
+    return pruning(cells, trials, pruners) + known_optimum(cells, trials)
 
 
 def collect_all(cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list[Diagnostic]:
@@ -118,7 +119,8 @@ def collect_all(cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list
     from ..methods import METHODS
     from .registry import TASKS
 
-    out = builtin(cells, trials)
+    pruners = frozenset(m for m in cells.method.unique() if m in METHODS and METHODS.get(m).make_pruner is not None)
+    out = builtin(cells, trials, pruners)
     for task in sorted(cells.task.unique()):
         if task in TASKS:
             sel = trials[trials.task == task] if not trials.empty else trials

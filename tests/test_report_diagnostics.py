@@ -62,6 +62,17 @@ def test_pruning_counts_trials_per_budget_and_the_share_stopped_at_each_rung(tmp
     assert table.loc["0.111"].tolist() == [4, 2, "50%"] and table.loc["0.333"].tolist() == [2, 1, "50%"]
 
 
+def test_a_pruning_method_that_stopped_nothing_still_has_its_section(tmp_path):
+    s = st.open_storage(f"sqlite:///{tmp_path}/s.db")
+    done = create_trial(value=0.1, params={"x": 2.0}, distributions=DIST, intermediate_values={111: 0.4},
+                        user_attrs={"cost": 1.0})
+    add_cell(s, "hyperband", 0, [0.5], 0.1, extra_trials=[done])
+    trials, cells = collect(s)
+    assert pruning(cells, trials) == []  # not known to prune: nothing to say
+    (d,) = pruning(cells, trials, frozenset({"hyperband"}))
+    assert "0% of all trials pruned" in d.paragraphs[0]
+
+
 def test_known_optimum_gap_between_search_and_final_value(tmp_path):
     trials, cells = collect(synth_storage(f"sqlite:///{tmp_path}/s.db", range(2), optimum=0.05))
     (d,) = known_optimum(cells, trials)
