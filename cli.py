@@ -147,7 +147,7 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     built = build_tasks(spec)
     outcomes = run_matrix(spec, log=lambda line: click.echo(line, err=True), tasks=built)
     if not no_report and not create_only:
-        _report(out, storage)
+        _report(out, storage, brief=True)
         if (Path(out) / "report.html").exists():
             click.echo(f"report: {Path(out) / 'report.html'} (open it in a browser; no server needed)", err=True)
     failed = [o for o in outcomes if o.status.startswith("failed")]
@@ -217,18 +217,24 @@ def report(out, storage, no_plots, html, merge, sources):
 
 
 def _report(out: Path, storage: str | None, plots: bool = True, html: bool = True,
-            merge: list[str] | None = None) -> None:
+            merge: list[str] | None = None, brief: bool = False) -> None:
     """Write the report into ``out``: from ``storage`` (default ``OUT/diffhpo.sqlite3``), or
-    from the storages in ``merge``. ``run`` calls it with the defaults (report.html too)."""
+    from the storages in ``merge``. ``run`` calls it with the defaults (report.html too) and
+    ``brief``: it then prints ``verdict.md`` (the verdict and the rank table) instead of
+    summary.md and comparison.md, whose pairs table belongs in the files, not on the
+    terminal's last screen."""
     from .bench import storage as st
     from .bench.report import write_frames, write_report
 
     if merge:
         from .bench.merge import collect_sources
 
+        from .bench.merge import journal_warnings
+
         trials, cells = collect_sources(merge)
+        warnings = journal_warnings(merge)
         written = write_frames(trials, cells, st.ensure_writable(Path(out)), plots=plots, html=html,
-                               command=_command())
+                               command=_command(), warnings=warnings)
     else:
         if storage is None:
             db = Path(out) / st.DEFAULT_DB
@@ -239,11 +245,19 @@ def _report(out: Path, storage: str | None, plots: bool = True, html: bool = Tru
             if not st.cell_studies(opened):
                 raise DiffhpoError(f"storage {st.shown(storage)!r} holds no diffhpo cells; nothing written "
                                    f"(files in {str(out)!r} left as they are)")
+            from .bench.merge import journal_warning
+
+            warnings = [w for w in [journal_warning(storage, storage)] if w]
             written = write_report(opened, st.ensure_writable(Path(out)), plots=plots, html=html,
-                                   command=_command(), source=storage)
-    for path in written.values():
-        click.echo(f"wrote {path}", err=True)
-    for key in ("summary_md", "comparison_md"):
+                                   command=_command(), source=storage, warnings=warnings)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    if brief:
+        click.echo(f"wrote {len(written)} files into {out} (tables, comparison, plots)", err=True)
+    else:
+        for path in written.values():
+            click.echo(f"wrote {path}", err=True)
+    for key in ("verdict_md",) if brief else ("summary_md", "comparison_md"):
         if written.get(key) is not None:
             click.echo(written[key].read_text())
 

@@ -28,6 +28,9 @@ img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; border: 1px solid 
 code { background: #f3f3f3; padding: 0 0.2em; } nav li { margin: 0.1em 0; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; font-size: 0.85em; }
 dt { font-weight: bold; } dd { margin: 0; font-family: monospace; }
+h1 { margin: 0 0 0.3em; } ul.verdict { font-size: 1.05em; } ul.verdict li { margin: 0.25em 0; }
+p.how { font-size: 0.8em; color: #555; } p.warn { background: #fff3cd; border: 1px solid #e0c060; padding: 0.4em; }
+figure { margin: 0; } figcaption { font-size: 0.75em; color: #777; }
 """
 
 
@@ -40,6 +43,9 @@ class Section:
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)  # a definition list
+    items: list[str] = field(default_factory=list)  # a bullet list (the verdict lines), before the paragraphs
+    warnings: list[str] = field(default_factory=list)  # highlighted, before everything else
+    notes: list[str] = field(default_factory=list)  # small print, after the bullet list
     children: list["Section"] = field(default_factory=list)
 
 
@@ -66,6 +72,10 @@ def _render(section: Section, level: int, used: set[str], toc: list[str]) -> str
     anchor = _anchor(section.title, used)
     toc.append(f'<li style="margin-left:{(level - 2) * 1.2}em"><a href="#{anchor}">{html.escape(section.title)}</a></li>')
     parts = [f'<h{level} id="{anchor}">{html.escape(section.title)}</h{level}>']
+    parts += [f'<p class="warn">{_text(w)}</p>' for w in section.warnings]
+    if section.items:
+        parts.append('<ul class="verdict">' + "".join(f"<li>{_text(i)}</li>" for i in section.items) + "</ul>")
+    parts += [f'<p class="how">{_text(n)}</p>' for n in section.notes]
     parts += [f"<p>{_text(p)}</p>" for p in section.paragraphs]
     if section.facts:
         parts.append("<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
@@ -80,15 +90,17 @@ def _render(section: Section, level: int, used: set[str], toc: list[str]) -> str
     return "\n".join(parts)
 
 
-def page(title: str, sections: list[Section]) -> str:
+def page(title: str, sections: list[Section], lead: list[Section] = ()) -> str:
+    """``lead``: sections shown before the table of contents (the answer first)."""
     used: set[str] = set()
     toc: list[str] = []
+    head = "\n".join(_render(s, 2, used, []) for s in lead)
     body = "\n".join(_render(s, 2, used, toc) for s in sections)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
             f"<title>{html.escape(title)}</title>\n<link rel='icon' href='data:,'>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n<nav><ul>{''.join(toc)}</ul></nav>\n{body}\n</body>\n</html>\n")
+            f"<h1>{html.escape(title)}</h1>\n{head}\n<nav><ul>{''.join(toc)}</ul></nav>\n{body}\n</body>\n</html>\n")
 
 
-def write(path: Path, title: str, sections: list[Section]) -> Path:
-    return atomic.write_text(Path(path), page(title, sections))
+def write(path: Path, title: str, sections: list[Section], lead: list[Section] = ()) -> Path:
+    return atomic.write_text(Path(path), page(title, sections, lead))

@@ -70,3 +70,38 @@ def collect_sources(sources: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
                            f"{where}: merge storages of different cells (e.g. other seeds), not copies")
     trials = pd.concat([t for t in trials if not t.empty], ignore_index=True) if any(len(t) for t in trials) else trials[0]
     return trials, merged.sort_values(KEYS).reset_index(drop=True)
+
+
+def journal_warning(label: str, url: str) -> str:
+    """One line when the journal file of ``url`` ends in a partial record: it was cut while
+    being written (a copy of a running journal, a full disk). Optuna's reader skips such a last
+    line without a word, so the report would look like the complete journal. Empty otherwise
+    (and for every other storage)."""
+    if not url.startswith("journal:///"):
+        return ""
+    path = Path(url[len("journal://"):])
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(max(size - 1, 0))
+            last = fh.read(1)
+    except OSError:
+        return ""
+    if size and last != b"\n":
+        return (f"journal {label!r} is truncated: its last record is incomplete (cut while being written?), "
+                "so operations after it are missing and this report may be older than the run")
+    return ""
+
+
+def journal_warnings(sources: list[str]) -> list[str]:
+    """:func:`journal_warning` of each source (folders, files or URLs, as ``--merge`` takes them)."""
+    out = []
+    for s in sources:
+        try:
+            url = resolve(s)
+        except DiffhpoError:
+            continue
+        w = journal_warning(s, url)
+        if w:
+            out.append(w)
+    return out

@@ -61,10 +61,11 @@ def convergence(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: P
     ax.set_ylabel(f"best {primary} so far")
     task = cells.task.iloc[0]
     ax.set_title(f"{task}: best {primary} so far (median over seeds, band = min-max)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)  # off the data
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return atomic.save_figure(fig, path, dpi=110)
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def search_space(trials: pd.DataFrame, cells: pd.DataFrame, primary: str, path: Path) -> Path:
@@ -135,7 +136,7 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
                                           ("elapsed_s", "search wall time (s)")] if (curves.axis == a).any()]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     kind = curves.kind.iloc[0]
-    ylabel = "normalised regret (0 = best, 1 = default)" if kind == "normalised" else "regret"
+    ylabel = "normalised regret (0 = best, 1 = default)" if kind == "normalised" else "regret (metric units)"
     for ax, (axis, xlabel) in zip(axes.flat, panels):
         c = curves[curves.axis == axis]
         for i, (method, m) in enumerate(c.groupby("method", sort=True)):
@@ -155,10 +156,10 @@ def regret_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize="small")
+    _legend_right(fig, axes)  # off the data
     fig.suptitle(f"{title}\nmedian, band = 25-75%", fontsize="medium")
     fig.tight_layout()
-    return atomic.save_figure(fig, path, dpi=110)
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def learning_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
@@ -197,3 +198,122 @@ def critical_difference(mean_ranks: pd.Series, pvalues: pd.DataFrame, title: str
     ax.set_title(title, fontsize="medium", pad=12)
     fig.tight_layout()
     return atomic.save_figure(fig, path, dpi=110)
+
+
+def _legend_right(fig, axes) -> None:
+    """One legend for the figure, right of the panels (off the data)."""
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if labels:
+        fig.legend([handles[x] for x in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize="small", frameon=False)
+
+
+def regret_panels(curves: pd.DataFrame, pooled: pd.DataFrame, title: str, path: Path) -> Path:
+    """Small multiples: one panel per task (median regret over seeds against the fraction of the
+    budget, 25-75% band), and a last panel with the pooled normalised regret of every (task, seed)
+    run where there is one. Colours follow the method names (the same in every panel); the legend
+    sits right of the panels, off the data."""
+    tasks = sorted(curves.task.unique())
+    panels = [(t, curves[curves.task == t]) for t in tasks] + ([("all tasks (pooled)", pooled)] if len(pooled) else [])
+    methods = sorted(set(curves.method) | set(pooled.method if len(pooled) else []))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, c) in zip(axes.flat, panels):
+        for method, m in c.groupby("method", sort=True):
+            ax.plot(m.x, m["median"], color=colour[method], label=method)
+            ax.fill_between(m.x, m.q25, m.q75, color=colour[method], alpha=0.15, linewidth=0)
+        normalised = c.kind.iloc[0] == "normalised"
+        vals = c[["median", "q25", "q75"]].to_numpy(float).ravel()
+        vals = vals[np.isfinite(vals)]
+        if len(vals) and (vals > 0).all():  # else linear: a symlog axis around 0 reads badly in a small panel
+            ax.set_yscale("log")
+        absent = [m for m in methods if m not in set(c.method)]
+        if absent and not name.startswith("all"):
+            ax.text(0.02, 0.02, f"no search values: {', '.join(absent)}", transform=ax.transAxes, fontsize=7,
+                    color="0.35", va="bottom")
+        if normalised:
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        runs = int(c.groupby("method").n_seeds.first().max())
+        ax.set_title(f"{name} ({runs} {'runs' if name.startswith('all') else 'seeds'})", fontsize=9)
+        ax.set_xlabel("fraction of the budget spent")
+        ax.set_ylabel("normalised regret (1 = default)" if normalised else "regret (metric units)")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    _legend_right(fig, axes)
+    fig.suptitle(f"{title}: median over seeds, band 25-75%", fontsize="medium")
+    fig.tight_layout()
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
+
+
+def pair_matrix(wins: pd.DataFrame, totals: pd.DataFrame, significant: pd.DataFrame, title: str, path: Path) -> Path:
+    """Method x method heatmap: cell (A, B) = share of the comparisons (seeds, or tasks) that row
+    A wins against column B, annotated ``wins/n``; a star where A is significantly better."""
+    methods = list(wins.index)
+    share = (wins / totals.where(totals > 0)).to_numpy(float)
+    k = len(methods)
+    fig, ax = plt.subplots(figsize=(2.6 + 0.75 * k, 1.4 + 0.6 * k))
+    im = ax.imshow(share, cmap="RdBu", vmin=0, vmax=1)
+    for i, a in enumerate(methods):
+        for j, b in enumerate(methods):
+            if i == j:
+                continue
+            n = int(totals.loc[a, b])
+            text = f"{int(wins.loc[a, b])}/{n}" + ("*" if bool(significant.loc[a, b]) else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if np.isfinite(share[i, j]) and abs(share[i, j] - 0.5) > 0.3 else "black")
+    ax.set_xticks(range(k), methods, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), methods, fontsize=8)
+    ax.set_xlabel("against (column)")
+    ax.set_ylabel("method (row) wins")
+    fig.colorbar(im, ax=ax, label="share of wins", fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return atomic.save_figure(fig, path, dpi=110)
+
+
+def cost_quality(table: pd.DataFrame, primary: str, direction: str, title: str, path: Path) -> Path:
+    """Final quality against search wall time and against peak memory, one point per method:
+    median over seeds with interquartile bars on both axes; the Pareto front (no other method
+    both cheaper and better) joined by a line, its methods' names in bold. ``table``: one row per
+    method with columns ``<x>_q25/_median/_q75`` for x in quality, wall_s, rss_mib."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    sign = -1.0 if direction == "maximize" else 1.0
+    for ax, (x, label) in zip(axes.flat, [("wall_s", "search wall time (s)"), ("rss_mib", "peak RSS (MiB)")]):
+        front = _pareto(table[f"{x}_median"].to_numpy(float), sign * table["quality_median"].to_numpy(float))
+        for i, (_, r) in enumerate(table.iterrows()):
+            ax.errorbar(r[f"{x}_median"], r.quality_median,
+                        xerr=[[r[f"{x}_median"] - r[f"{x}_q25"]], [r[f"{x}_q75"] - r[f"{x}_median"]]],
+                        yerr=[[r.quality_median - r.quality_q25], [r.quality_q75 - r.quality_median]],
+                        fmt="o", color=f"C{i % 10}", capsize=3, label=r.method)
+            ax.annotate(r.method, (r[f"{x}_median"], r.quality_median), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, fontweight="bold" if front[i] else "normal")
+        f = table[front].sort_values(f"{x}_median")
+        ax.plot(f[f"{x}_median"], f.quality_median, "--", color="grey", linewidth=1, label="Pareto front")
+        if (table[f"{x}_q25"] > 0).all() and table[f"{x}_q75"].max() / max(table[f"{x}_q25"].min(), 1e-12) > 30:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"final {primary} ({'higher' if sign < 0 else 'lower'} = better)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
+    fig.suptitle(f"{title}: median over seeds, bars 25-75%", fontsize="medium")
+    fig.tight_layout()
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
+
+
+def _pareto(cost: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """True for points no other point beats on both (lower cost, lower loss; one strictly)."""
+    out = np.ones(len(cost), bool)
+    for i in range(len(cost)):
+        dominated = (cost <= cost[i]) & (loss <= loss[i]) & ((cost < cost[i]) | (loss < loss[i]))
+        out[i] = not dominated.any()
+    return out

@@ -4,9 +4,10 @@ here; the comparison of methods (:mod:`.comparison`: regret, ranks, tests), the 
 (:mod:`.html`, :mod:`.report_page`) through :func:`write_frames`.
 
 * ``trials.csv``: one row per trial of every cell (parameters, value, state, cost, wall and
-  CPU seconds, sampler seconds, peak memory, every metric, failure reason).
+  CPU seconds, sampler seconds, peak memory, every metric, failure reason, and every other
+  numeric user attribute as ``attr_<name>``, e.g. the bilevel oracle's ``attr_gamma``).
 * ``cells.csv``: one row per cell (task x method x seed): chosen hyperparameters, final
-  metrics, trial counts, search wall time and cost ratio.
+  metrics, trial counts, search wall time and cost ratio, the task settings (``config``, JSON).
 * ``summary.csv`` / ``summary.md``: one row per task x method over seeds: chosen
   hyperparameters (median), final metrics (median, min, max), trials per seed (median),
   total search wall time, cost ratio (median), peak memory (max).
@@ -69,6 +70,8 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
             row.update({f"param_{k}": v for k, v in t.params.items()})
             row.update({k: v for k, v in u.items() if k.startswith(("metric_", "sim_"))})
+            row.update({f"attr_{k}": v for k, v in u.items()  # the rest, for the diagnostics (bench/diagnostics.py)
+                        if not k.startswith(("metric_", "sim_")) and k not in _TRIAL_COLUMNS and _scalar(v)})
             trial_rows.append(row)
         done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         row = dict(key)
@@ -88,6 +91,7 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
             final_wall_s=fm.get("wall_s", np.nan),
         )
         row["config_key"] = config_key(a.get("config") or {})
+        row["config"] = json.dumps(a.get("config") or {}, sort_keys=True, default=str)
         row.update({f"param_{k}": v for k, v in a.get("final_params", {}).items()})
         row.update({f"final_{k}": v for k, v in a.get("final_metrics", {}).items()})
         row["n_repeats"] = len(a.get("final_seeds", [])) or (1 if a.get("final_metrics") else 0)
@@ -100,6 +104,13 @@ def collect(storage: BaseStorage) -> tuple[pd.DataFrame, pd.DataFrame]:
         cells_df["cost_ratio"] = cells_df["search_wall_s"] / cells_df["solve_wall_s"]
         cells_df = cells_df.sort_values(KEYS).reset_index(drop=True)
     return trials_df, cells_df
+
+
+_TRIAL_COLUMNS = {"worker", "cost", "wall_s", "ask_s", "cpu_s", "peak_rss_mib", "peak_gpu_mib", "fail_reason"}
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _float_or_nan(x) -> float:
@@ -143,9 +154,32 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(summary: pd.DataFrame, cells: pd.DataFrame) -> str:
-    """Readable summary: per task, metrics as 'median [min, max]' over seeds."""
+def unfinished(cells: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
+    """One line per cell whose status is not ``done`` (still searching, in its final protocol,
+    or failed), with its trial counts and the trials still RUNNING; the first line says how
+    many of how many. Empty when every cell is done."""
+    if cells.empty:
+        return []
+    todo = cells[cells.status != "done"]
+    if todo.empty:
+        return []
+    running = (trials[trials.state == "RUNNING"].groupby(KEYS).size() if len(trials) else pd.Series(dtype=int))
+    lines = [f"{len(todo)} of {len(cells)} cells are not finished; their seeds count in 'seeds' but a cell "
+             "without a final value is left out of the comparison, and the others may still change:"]
+    for _, c in todo.iterrows():
+        key = tuple(c[k] for k in KEYS)
+        run = int(running.get(key, 0)) if len(running) else 0
+        lines.append(f"{c.task}.{c.method}.{c.profile}.seed{c.seed}: {c.status} ({c.n_trials} trials done"
+                     + (f", {run} running" if run else "") + ")")
+    return lines
+
+
+def markdown(summary: pd.DataFrame, cells: pd.DataFrame, warnings: list[str] = ()) -> str:
+    """Readable summary: per task, metrics as 'median [min, max]' over seeds. ``warnings``
+    (unfinished cells, a truncated journal, stale files) come first."""
     out = ["# diffhpo summary", ""]
+    if warnings:
+        out += ["**Warning:**", "", *[f"- {w}" for w in warnings], ""]
     for (task, profile), g in summary.groupby(["task", "profile"], sort=True):
         out.append(f"## {task} ({profile} profile)")
         text = objective_text(cells, task)
@@ -167,7 +201,8 @@ def objective_text(cells: pd.DataFrame, task: str) -> str:
 
 def summary_table(g: pd.DataFrame) -> pd.DataFrame:
     """The readable table of one task and profile's rows of the summary."""
-    table = pd.DataFrame({"method": g.method, "seeds": g.n_seeds})
+    table = pd.DataFrame({"method": g.method, "seeds": [f"{n}" if d == n else f"{n} ({d} done)"
+                                                        for n, d in zip(g.n_seeds, g.n_done)]})
     metrics = [c[:-7] for c in g.columns if c.endswith("_median") and not c.startswith("cost_ratio")]
     for m in metrics:
         if g[f"{m}_median"].notna().any():
@@ -208,24 +243,31 @@ def learning_curves(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(storage: BaseStorage, out: Path, *, plots: bool = True, html: bool = True,
-                 command: str | None = None, source: str = "") -> dict[str, Path]:
+                 command: str | None = None, source: str = "", warnings: list[str] = ()) -> dict[str, Path]:
     """Write the tables, the comparison, the export, the plots and ``report.html`` for
     every cell in the storage into ``out``."""
     trials, cells = collect(storage)
-    return write_frames(trials, cells, out, plots=plots, html=html, command=command, source=source)
+    return write_frames(trials, cells, out, plots=plots, html=html, command=command, source=source,
+                        warnings=warnings)
 
 
 def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots: bool = True, html: bool = True,
-                 command: str | None = None, source: str = "") -> dict[str, Path]:
+                 command: str | None = None, source: str = "", warnings: list[str] = ()) -> dict[str, Path]:
     """:func:`write_report` on frames of :func:`collect` (several storages: see
     :mod:`diffhpo.bench.merge`). ``source`` labels the rows of the export where the frames
-    have no ``source`` column."""
+    have no ``source`` column. ``warnings``: lines the caller found (a truncated journal)
+    that summary.md and the page show first, with the unfinished cells (:func:`unfinished`)
+    and the stale files of an older report this one removed (:func:`remove_stale`)."""
+    import time
+
     from . import comparison, export
     from .provenance import provenance
     from .provenance import redact_url as redact
 
+    started = time.time_ns()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    warnings = [*warnings, *unfinished(cells, trials)]
     if "source" in cells:  # storage URLs: without passwords
         cells = cells.assign(source=cells.source.map(redact))
         trials = trials.assign(source=trials.source.map(redact)) if "source" in trials else trials
@@ -242,7 +284,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
         return written
     summary = summarise(cells)
     atomic.write_csv(summary, out / "summary.csv")
-    atomic.write_text(out / "summary.md", markdown(summary, cells))
+    atomic.write_text(out / "summary.md", markdown(summary, cells, warnings))
     written["summary_csv"], written["summary_md"] = out / "summary.csv", out / "summary.md"
     comp = comparison.compare(trials, cells)
     written.update(comparison.write_tables(comp, out))
@@ -252,17 +294,51 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
     for i, path in enumerate(export.write(export.long_table(trials, cells, info), out)):
         written[f"export_{i}"] = path
     pictures: dict[str, list[Path]] = {}
+    diagnostics = []
     if plots:
+        from .diagnostics import collect_all
+
         pictures = write_pictures(trials, cells, comp, out / "plots")
-        for paths in pictures.values():
+        diagnostics = collect_all(cells, trials, out / "plots")
+        for paths in [*pictures.values(), *(d.images for d in diagnostics)]:
             written.update({p.stem: p for p in paths})
+    stale = remove_stale(out, started, () if html else ("report.html",))
+    if stale:
+        warnings.append(f"This folder held an older report: {len(stale)} of its files that this report does not "
+                        f"write were removed ({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}).")
+        atomic.write_text(out / "summary.md", markdown(summary, cells, warnings))
     if html:
         from . import html as html_mod
-        from .report_page import sections
+        from .report_page import lead, sections
 
         written["html"] = html_mod.write(out / "report.html", "diffhpo report",
-                                         sections(summary, cells, comp, pictures, info, written))
+                                         sections(summary, cells, comp, pictures, info, written, diagnostics),
+                                         lead(comp, pictures, warnings))
     return written
+
+
+#: Files a report writes at the top of its folder (everything under ``plots/`` is the report's too).
+REPORT_FILES = ("trials.csv", "cells.csv", "curves.csv", "summary.csv", "summary.md", "regret.csv", "ranks.csv",
+                "pairs.csv", "pairs_over_tasks.csv", "comparison.md", "verdict.md", "results_long.csv",
+                "results_long.parquet")
+
+
+def remove_stale(out: Path, started_ns: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """Remove the files of an older report that this one did not rewrite: those of
+    :data:`REPORT_FILES` and under ``plots/`` last modified before ``started_ns`` (this report's
+    start). A report of fewer tasks, or without learning curves, would otherwise leave the older
+    report's curves.csv and task plots beside the new tables. Returns their names (relative)."""
+    out = Path(out)
+    candidates = [out / n for n in (*REPORT_FILES, *extra)] + (sorted((out / "plots").iterdir()) if (out / "plots").is_dir() else [])
+    removed = []
+    for p in candidates:
+        try:
+            if p.is_file() and p.stat().st_mtime_ns < started_ns:
+                p.unlink()
+                removed.append(str(p.relative_to(out)))
+        except OSError:
+            continue
+    return removed
 
 
 def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path) -> dict[str, list[Path]]:
@@ -282,12 +358,14 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
         path = pl.learning_curves(c, f"{task} ({profile}): upper metric during the lower-level solve, "
                                      "pruned trials faded", folder / f"{task}_{profile}_curves.png")
         pictures.setdefault(f"{task}/{profile}", []).append(path)
-    for (task, profile), c in comp.curves.groupby(["task", "profile"], sort=True) if len(comp.curves) else []:
-        if task == comparison.ALL_TASKS:
-            path = pl.regret_curves(c, f"all tasks ({profile}): normalised regret of every (task, seed) run",
-                                    folder / f"{profile}_regret.png")
+    curves = comp.curves
+    for profile, c in curves[curves.axis == "fraction"].groupby("profile", sort=True) if len(curves) else []:
+        per_task, pooled = c[c.task != comparison.ALL_TASKS], c[c.task == comparison.ALL_TASKS]
+        if per_task.task.nunique() > 1:  # small multiples: one panel per task, and the pooled runs
+            path = pl.regret_panels(per_task, pooled, f"regret per task ({profile})", folder / f"{profile}_regret.png")
             pictures.setdefault(profile, []).append(path)
-        else:
+    for (task, profile), c in curves.groupby(["task", "profile"], sort=True) if len(curves) else []:
+        if task != comparison.ALL_TASKS:
             path = pl.regret_curves(c, f"{task} ({profile}): {c.kind.iloc[0]} regret over seeds",
                                     folder / f"{task}_{profile}_regret.png")
             pictures.setdefault(f"{task}/{profile}", []).append(path)
@@ -297,7 +375,26 @@ def write_pictures(trials: pd.DataFrame, cells: pd.DataFrame, comp, folder: Path
                      f"Friedman p = {f.p_value:.3g}; Nemenyi critical difference {f.cd:.3g}")
             path = pl.critical_difference(f.mean_ranks["rank final"], f.nemenyi, title,
                                           folder / f"{f.profile}_critical_difference.png")
-            pictures.setdefault(f.profile, []).append(path)
+            pictures.setdefault(f"{f.profile}/cd", []).append(path)
+    for (task, profile), _ in cells.groupby(["task", "profile"], sort=True):
+        m = comparison.pair_matrices(comp, task, profile)
+        if m is not None and len(m[0]) > 1:
+            path = pl.pair_matrix(*m, f"{task} ({profile}): seeds the row wins\nagainst the column (* significant, Holm)",
+                                  folder / f"{task}_{profile}_pairs.png")
+            pictures.setdefault(f"{task}/{profile}/pairs", []).append(path)
+        cost = comparison.cost_frame(cells, task, profile)
+        if len(cost) and cost.quality_median.notna().any():
+            c = cells[(cells.task == task) & (cells.profile == profile)]
+            path = pl.cost_quality(cost.dropna(subset=["quality_median"]), str(c.primary.iloc[0]),
+                                   str(c.direction.iloc[0]), f"{task} ({profile}): quality against cost",
+                                   folder / f"{task}_{profile}_cost.png")
+            pictures.setdefault(f"{task}/{profile}/cost", []).append(path)
+    for f in comp.friedman:
+        m = comparison.pair_matrices(comp, comparison.ALL_TASKS, f.profile)
+        if m is not None and len(m[0]) > 1 and cells[cells.profile == f.profile].task.nunique() > 1:
+            path = pl.pair_matrix(*m, f"all tasks ({f.profile}): tasks where the row's median\nbeats the column's "
+                                      "(* Nemenyi)", folder / f"{f.profile}_pairs.png")
+            pictures.setdefault(f"{f.profile}/pairs", []).append(path)
     for task in sorted(cells.task.unique()):
         if task in TASKS:  # the task's own pictures (sample grids, schedules, ...), every profile
             sel = trials[trials.task == task] if not trials.empty else trials

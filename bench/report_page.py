@@ -1,5 +1,8 @@
-"""The sections of ``report.html``: comparison across tasks, then each task (summary,
-regret, ranks, pairs, plots, the task's own pictures), then how the report was made."""
+"""The sections of ``report.html``: the verdict first (with any warning: unfinished cells, a
+truncated journal, stale files removed, and the critical-difference diagram), then the
+comparison across tasks, each task (summary, regret, ranks, the pairs matrix, cost against
+quality, plots, the task's own pictures), the diagnostics of each method, and how the report
+was made."""
 
 from __future__ import annotations
 
@@ -9,18 +12,25 @@ import pandas as pd
 
 from . import comparison as cmp
 from .analysis import ranks as ranks_mod
+from .analysis import verdict as verdict_mod
 from .html import Section
 from .report import objective_text, summary_table
 
 
+def lead(comp: cmp.Comparison, pictures: dict[str, list[Path]], warnings: list[str]) -> list[Section]:
+    """What the page opens with: the warnings, the verdict and the critical-difference diagrams."""
+    images = [p for f in comp.friedman for p in pictures.get(f"{f.profile}/cd", [])]
+    return [Section("Verdict", warnings=warnings, items=comp.verdict or ["No final value in the storage yet."],
+                    notes=[verdict_mod.HOW] + ([verdict_mod.CD_NOTE] if images else []), images=images)]
+
+
 def sections(summary: pd.DataFrame, cells: pd.DataFrame, comp: cmp.Comparison, pictures: dict[str, list[Path]],
-             info: dict[str, str], written: dict[str, Path]) -> list[Section]:
+             info: dict[str, str], written: dict[str, Path], diagnostics: list = ()) -> list[Section]:
     out = [Section("Across tasks", paragraphs=[cmp.POINTS_TEXT], children=[
         Section(f"Profile {f.profile}", paragraphs=[ranks_mod.describe(f)],
                 tables=[("Mean rank over (task, seed) blocks (1 = best):",
-                         f.mean_ranks.round(2).rename_axis("method").reset_index()),
-                        (cmp.TASKS_CAPTION, cmp.tasks_table(comp, f.profile))],
-                images=pictures.get(f.profile, []))
+                         f.mean_ranks.round(2).rename_axis("method").reset_index())],
+                images=pictures.get(f"{f.profile}/pairs", []) + pictures.get(f.profile, []))
         for f in comp.friedman])]
     for task in sorted(cells.task.unique()):
         children = []
@@ -28,15 +38,22 @@ def sections(summary: pd.DataFrame, cells: pd.DataFrame, comp: cmp.Comparison, p
             s = summary[(summary.task == task) & (summary.profile == profile)]
             tables = [(objective_text(cells, task), summary_table(s)),
                       ("Regret, median [25%, 75%] over seeds:", cmp.regret_table(comp, task, profile)),
-                      ("Mean rank over seeds (1 = best):", cmp.rank_table(comp, task, profile))]
-            pt = cmp.pair_table(comp, task, profile)
-            if len(pt):
-                tables.append(("Pairs of methods, final values over seeds:", pt))
-            children.append(Section(f"{task}, profile {profile}", paragraphs=[cmp.reference_text(comp, task, profile)],
-                                    tables=tables, images=pictures.get(f"{task}/{profile}", [])))
+                      ("Mean rank over seeds (1 = best):", cmp.rank_table(comp, task, profile)),
+                      (cmp.COST_CAPTION, cmp.cost_table(cmp.cost_frame(cells, task, profile)))]
+            pairs = pictures.get(f"{task}/{profile}/pairs", [])
+            paragraphs = [cmp.reference_text(comp, task, profile)] + ([cmp.MATRIX_CAPTION] if pairs else [])
+            children.append(Section(f"{task}, profile {profile}", paragraphs=paragraphs, tables=tables,
+                                    images=pairs + pictures.get(f"{task}/{profile}/cost", [])
+                                    + pictures.get(f"{task}/{profile}", [])))
         if pictures.get(task):
             children.append(Section(f"{task}: the task's own pictures", images=pictures[task]))
         out.append(Section(f"Task {task}", children=children))
+    by_method: dict[str, list] = {}
+    for d in diagnostics:
+        by_method.setdefault(d.method, []).append(d)
+    for method, ds in sorted(by_method.items()):
+        out.append(Section(f"Diagnostics: {method}", children=[
+            Section(d.title, paragraphs=d.paragraphs, tables=d.tables, images=d.images) for d in ds]))
     c = cells.drop_duplicates(["task", "profile"])
     setup = pd.DataFrame({"task": c.task, "profile": c.profile, "objective": c.primary, "direction": c.direction,
                           "budget per cell": c.budget,

@@ -29,7 +29,7 @@ extra evaluations. A term with SNR well below ``1/sqrt(K)`` (K iterations) canno
 on purpose. ``|zo| / |penalty|``: the ratio of the terms' root-mean-square sizes
 (normalised coordinates), median over seeds.
 
-**Premise of the penalty method** (:func:`premise_row`): ``y - z = O(w/gamma)``, per cell:
+**Premise of the penalty method** (:func:`~diffhpo.tasks.schedule_diagnostics.premise_row`): ``y - z = O(w/gamma)``, per cell:
 ``|y - z|`` (weight space), gamma and the penalty term's norm at the first and the last
 outer iteration. Where ``|y - z|`` does not shrink, the penalty term ``(gamma/w)(grad_q g(y)
 - grad_q g(z))`` grows with gamma, and the ``|zo|/|penalty|`` ratio says what is left of the
@@ -61,6 +61,7 @@ import pandas as pd
 from diffhpo.bench import storage as st
 from diffhpo.bench.report import collect
 from diffhpo.tasks import TASKS
+from diffhpo.tasks.schedule_diagnostics import TERMS, premise_row, term_table
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -68,7 +69,6 @@ RULES = {"default": [], "paper": ["bilevel.preset=paper"]}
 #: variant suffix -> the ablation switch it sets (the method option ``bilevel.<switch>``)
 SWITCHES = {"-zo-off": "zo_term=off", "-zo-noise": "zo_term=noise", "-penalty-noise": "penalty_term=noise"}
 VARIANTS = [f"{rule}{suffix}" for rule in RULES for suffix in ("", *SWITCHES)] + ["no-search"]
-TERMS = ("zo", "penalty")
 
 
 def command(task: str, variant: str, seeds: int, profile: str, out: Path) -> list[str]:
@@ -95,44 +95,6 @@ def trials_of(out: Path, task: str, method: str, profile: str, seed: int) -> lis
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def snr(values: np.ndarray) -> np.ndarray:
-    """|mean| / std over iterations (axis 0), per coordinate."""
-    return np.abs(values.mean(0)) / np.maximum(values.std(0, ddof=1), 1e-300)
-
-
-def normalised(task, attrs: dict, term: str) -> np.ndarray:
-    """A hypergradient term recorded by the oracle (``<term>_<name>``, natural units) in the
-    sampler's normalised coordinates."""
-    width = np.array([hi - lo for lo, hi in task.ranges.values()])
-    return np.array([attrs[f"{term}_{n}"] for n in task.ranges]) * width
-
-
-def term_table(task, trials_by_seed: list[list]) -> dict[str, np.ndarray]:
-    out: dict[str, list] = {f"snr_{t}": [] for t in TERMS} | {"ratio": []}
-    for trials in trials_by_seed:
-        if len(trials) < 3:
-            continue
-        terms = {t: np.array([normalised(task, tr.user_attrs, t) for tr in trials]) for t in TERMS}
-        for t in TERMS:
-            out[f"snr_{t}"].append(snr(terms[t]))
-        rms = {t: np.sqrt(np.mean(terms[t] ** 2)) for t in TERMS}
-        out["ratio"].append(rms["zo"] / max(rms["penalty"], 1e-300))
-    return {k: np.median(np.array(v), axis=0) for k, v in out.items() if v}
-
-
-def premise_row(task, trials: list) -> dict[str, float]:
-    """The penalty method's premise, ``y - z = O(w / gamma)`` (Kwon et al. 2023: the penalised
-    minimiser y*_gamma is within O(1/gamma) of z* = theta*(q) when g is strongly convex in theta),
-    checked on one cell: the weight-space distance |y - z| (``yz_distance``), gamma and the
-    penalty term's norm (normalised coordinates) at the first and the last outer iteration.
-    Under the premise |y - z| shrinks as gamma grows and the penalty term keeps its size; a
-    |y - z| that grows makes the penalty term grow with gamma and drown the zeroth-order term."""
-    first, last = trials[0].user_attrs, trials[-1].user_attrs
-    pen = [float(np.linalg.norm(normalised(task, a, "penalty"))) for a in (first, last)]
-    return {"gamma first": first["gamma"], "gamma last": last["gamma"], "|y-z| first": first["yz_distance"],
-            "|y-z| last": last["yz_distance"], "|penalty| first": pen[0], "|penalty| last": pen[1]}
-
-
 def fmt(values: pd.Series) -> str:
     return f"{values.median():.4g} [{values.min():.3g}, {values.max():.3g}]"
 
@@ -156,8 +118,9 @@ def report(task_name: str, profile: str, seeds: int, out: Path, variants: list[s
         rows.append(row)
         if method == "bilevel":
             trials = [trials_of(folder, task_name, method, profile, s) for s in range(seeds)]
-            snrs[v] = term_table(task, trials)
-            premises += [{"variant": v, "seed": s} | premise_row(task, ts) for s, ts in enumerate(trials) if ts]
+            snrs[v] = term_table(task.ranges, [[t.user_attrs for t in ts] for ts in trials])
+            premises += [{"variant": v, "seed": s} | premise_row(task.ranges, [t.user_attrs for t in ts])
+                         for s, ts in enumerate(trials) if ts]
             asks += [(len(ts), float(t.user_attrs.get("ask_s", np.nan)), float(t.user_attrs.get("wall_s", np.nan)))
                      for ts in trials for t in ts]
     print("Final protocol, median [min, max] over seeds; chosen schedule, median over seeds:\n")

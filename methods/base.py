@@ -67,6 +67,9 @@ class Method:
     methods: successive halving, Hyperband, median stopping); it acts on the intermediate
     values that tasks with a fidelity report (:attr:`Task.has_fidelity`), and the runner skips
     the method on tasks without one.
+    ``diagnostics(cells, trials, folder)``, if given, returns the method's diagnostics for the
+    report (a list of :class:`diffhpo.bench.diagnostics.Diagnostic`, from its rows of cells.csv
+    and trials.csv; see that module): the report's section ``Diagnostics: <method>``.
     """
 
     description: str
@@ -77,6 +80,7 @@ class Method:
     max_trials: Callable[[MethodContext], int] | None = None
     space: str = "default"
     make_pruner: Callable[[MethodContext], optuna.pruners.BasePruner] | None = None
+    diagnostics: Callable[..., list] | None = None
 
 
 METHODS: Registry[Method] = Registry("method", "diffhpo.methods")

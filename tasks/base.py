@@ -217,3 +217,12 @@ class Task(abc.ABC):
         into ``folder`` and return their paths. The default writes nothing.
         """
         return []
+
+    @classmethod
+    def diagnostics(cls, cells: "pd.DataFrame", trials: "pd.DataFrame", folder: Path) -> list:
+        """The task's diagnostics for the report's per-method sections (the hook of
+        :mod:`diffhpo.bench.diagnostics`): ``cells`` and ``trials`` are this task's rows of
+        cells.csv and trials.csv (trial user attributes as ``attr_<name>``); return a list of
+        :class:`diffhpo.bench.diagnostics.Diagnostic` (the method it is about, a title, text,
+        tables, PNGs written into ``folder``). The default has none."""
+        return []

@@ -34,6 +34,16 @@ class ScheduleSpace:
     def ranges(self) -> dict[str, tuple[float, float]]:
         return S.RANGES[self.config.schedule]
 
+    @classmethod
+    def diagnostics(cls, cells, trials, folder):
+        """The bilevel method's premise rows and term SNRs (:mod:`.schedule_diagnostics`), for
+        the report's ``Diagnostics: bilevel`` section; the ranges of each cell's schedule family."""
+        from .schedule_diagnostics import report_diagnostics
+
+        default = next(iter(cls.profiles.values())).schedule
+        return report_diagnostics(cls.name, lambda config: S.RANGES[config.get("schedule", default)],
+                                  cells, trials, folder)
+
     def search_space(self) -> dict[str, FloatDistribution]:
         return {n: FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}
 

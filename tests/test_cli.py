@@ -56,8 +56,11 @@ def test_run_all_methods_smoke_writes_tables_and_plots(capsys, tmp_path):
                    "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
     for f in ["summary.csv", "summary.md", "cells.csv", "trials.csv"]:
         assert (tmp_path / f).exists()
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 3  # convergence, trials, regret (2 seeds: no CD diagram)
-    assert "| bilevel" in res.out and "| botorch" in res.out
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [  # 2 seeds: no CD diagram
+        f"quadratic_smoke_{k}.png" for k in ("convergence", "cost", "pairs", "regret", "trials")]
+    assert "| bilevel" in res.out and "| botorch" in res.out  # the rank table
+    assert res.out.startswith("Verdict:\n- quadratic (smoke, 2 seeds): best ") and "too few seeds to test" in res.out
+    assert "p_holm" not in res.out and "A wins / ties / losses" not in res.out  # the pairs stay in the files
     again = call_ok(["run", "--task", "quadratic", "--method", "all", "--profile", "smoke",
                      "--seeds", "2", "--out", str(tmp_path), "--no-progress"], capsys)
     cells = res.err.count(": done (")

@@ -31,7 +31,9 @@ def test_smoke_matrix_every_method(tmp_path):
     summary = summarise(cells)
     assert summary["search_wall_s_total"].notna().all()
     written = GmmRewardTask.write_plots(reward, trials[trials.task == "gmm-reward"], tmp_path / "plots")
-    assert sorted(p.name for p in written) == ["gmm-reward_smoke_lambda.png", "gmm-reward_smoke_premise.png",
-                                              "gmm-reward_smoke_samples.png"]
+    assert sorted(p.name for p in written) == ["gmm-reward_smoke_lambda.png", "gmm-reward_smoke_samples.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+    (diag,) = GmmRewardTask.diagnostics(reward, trials[trials.task == "gmm-reward"], tmp_path / "plots")
+    assert diag.method == "bilevel" and [p.name for p in diag.images] == ["gmm-reward_smoke_premise.png"]
+    assert "bilevel" in set(diag.tables[0][1].method)
     assert GmmScheduleTask.write_plots(schedule, trials, tmp_path / "plots") == []

@@ -1,5 +1,6 @@
 """report.html opens in a real headless browser (Debian's chromium and chromedriver,
-driven by selenium): no console error, every image decoded, a screenshot written.
+driven by selenium): no console error, every image decoded, the verdict lines and the
+critical-difference diagram on the first screen (1400 x 900), a screenshot written.
 
 Skipped with a reason where the browser or selenium is missing (CI installs them, see
 .ci/run). The second test proves the checks can fail: a broken image and an external
@@ -75,6 +76,31 @@ def test_report_html_loads_without_errors_and_decodes_every_image(report, browse
         assert needle in text, needle
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+FIRST_SCREEN = """
+const box = e => e.getBoundingClientRect();
+const verdict = Array.from(document.querySelectorAll('ul.verdict li')).map(li => [li.textContent, box(li).bottom]);
+const cd = Array.from(document.images).filter(i => i.alt.endsWith('critical_difference.png')).map(i => box(i).bottom);
+return [verdict, cd, window.innerWidth, window.innerHeight, window.scrollY];
+"""
+
+
+def test_the_first_screen_holds_the_verdict_and_the_critical_difference_diagram(report, browser, tmp_path):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        load(browser, report / "report.html")
+        verdict, cd, width, height, scroll = browser.execute_script(FIRST_SCREEN)
+        assert (width, height, scroll) == (1400, 900, 0)
+        texts = [t for t, _ in verdict]
+        assert len(texts) == 1 and texts[0].startswith("quadratic (smoke, 5 seeds): best "), texts  # one task: one line
+        assert all(bottom <= height for _, bottom in verdict), verdict
+        assert len(cd) == 1 and cd[0] <= height, cd
+        shot = tmp_path / "first_screen.png"
+        assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_the_browser_checks_catch_a_broken_and_an_external_image(report, browser, tmp_path):

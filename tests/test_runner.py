@@ -174,7 +174,7 @@ def test_report_files_and_columns(tmp_path):
     for key in ["summary_csv", "summary_md", "cells", "trials"]:
         assert written[key].exists()
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == ["quadratic_smoke_convergence.png", "quadratic_smoke_regret.png", "quadratic_smoke_trials.png"]
+    assert pngs == [f"quadratic_smoke_{k}.png" for k in ("convergence", "cost", "pairs", "regret", "trials")]
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(summary.method) == ["bilevel", "random"]
     for col in ["val_loss_median", "val_loss_min", "val_loss_max", "trials_per_seed", "search_wall_s_total",

@@ -330,12 +330,11 @@ class GmmRewardTask(RewardTask):
     def write_plots(cls, cells, trials, folder: Path) -> list[Path]:
         """``gmm-reward_<profile>_lambda.png`` (exact curve, guided sweep, bank estimate, each
         method's choice) and ``gmm-reward_<profile>_samples.png`` (final samples over the
-        exact density), see :mod:`.plots`."""
-        from ..reward.plots import premise
+        exact density), see :mod:`.plots`; the premise picture is a diagnostic
+        (:meth:`RewardTask.diagnostics <diffhpo.tasks.reward.common.RewardTask.diagnostics>`)."""
         from .plots import reward_plots
 
-        paths = reward_plots(cls, cells, Path(folder))
-        return paths + [p for p in premise(cls, cells, trials, Path(folder)) if p.suffix == ".png"]
+        return reward_plots(cls, cells, Path(folder))
 
 
 _STAR: dict[str, tuple[float, float]] = {}

@@ -353,9 +353,9 @@ class RewardTask(Task):
         """``<task>_<profile>_upper_vs_lambda.png``: the grid method's upper score against lambda
         (mean over seeds) with each method's chosen lambda and final score marked; and
         ``<task>_<profile>_samples.png``: each method's final samples at its chosen
-        hyperparameters (the first seed's final-protocol run); and the premise diagnostic
-        ``<task>_<profile>_premise.png`` with its table ``_premise.csv`` (:func:`.plots.premise`)."""
-        from .plots import premise, sample_grids, upper_vs_lambda
+        hyperparameters (the first seed's final-protocol run). The premise picture is a
+        diagnostic (:meth:`diagnostics`)."""
+        from .plots import sample_grids, upper_vs_lambda
 
         paths = []
         folder = Path(folder)
@@ -369,8 +369,47 @@ class RewardTask(Task):
             p = sample_grids(cls, c, folder / f"{cls.name}_{profile}_samples.png")
             if p is not None:
                 paths.append(p)
-        paths.extend(p for p in premise(cls, cells, trials, folder) if p.suffix == ".png")
         return paths
+
+    @classmethod
+    def diagnostics(cls, cells, trials, folder: Path) -> list:
+        """Issue 16's premise, per profile, for the report's diagnostics: the bank's estimate
+        against the guided sampler over lambda with the bank's ESS (``<task>_<profile>_premise.png``
+        and ``.csv``, :func:`.plots.premise`), and per cell of a method that chose lambda the
+        bank's prediction of the upper score at the chosen lambda against the realised final
+        value, with the ESS there (final metrics ``bank_upper``, ``bank_ess``). Filed under
+        ``bilevel`` (the method that optimises the bank estimate); the table lists every method."""
+        import pandas as pd
+
+        from ...bench.diagnostics import Diagnostic
+        from .plots import premise
+
+        out = []
+        if cells is None or len(cells) == 0:
+            return out
+        paths = premise(cls, cells, trials, Path(folder))
+        primary = cls.upper_metric
+        for profile, c in cells.groupby("profile", sort=True):
+            c = c[c.status == "done"] if "status" in c else c
+            if "param_lam" not in c or "final_bank_upper" not in c:
+                continue
+            c = c[c.param_lam.notna()]
+            table = pd.DataFrame({"method": c.method, "seed": c.seed, "chosen lambda": c.param_lam.map("{:.4g}".format),
+                                  "bank prediction": c.final_bank_upper.map("{:.4g}".format),
+                                  f"realised {primary}": c[f"final_{primary}"].map("{:.4g}".format),
+                                  "prediction - realised": (c.final_bank_upper - c[f"final_{primary}"]).map("{:.3g}".format),
+                                  "bank ESS there": c.get("final_bank_ess", pd.Series(np.nan, index=c.index)).map("{:.1f}".format)})
+            gap = (c.final_bank_upper - c[f"final_{primary}"])
+            bil = gap[c.method == "bilevel"]
+            text = (f"The bilevel method optimises the bank's estimate of `{primary}`; at its chosen lambda the "
+                    f"estimate exceeds the realised value by {bil.median():.3g} (median over {len(bil)} seeds). "
+                    if len(bil) else "")
+            out.append(Diagnostic("bilevel", f"{cls.name} ({profile}): the bank against the sampler", paragraphs=[
+                text + "A small ESS at the chosen lambda means the estimate rests on few bank samples (optimistic)."],
+                tables=[("Prediction against the realised final value at each cell's chosen lambda:",
+                         table.sort_values(["method", "seed"]))],
+                images=[p for p in paths if p.suffix == ".png" and f"_{profile}_" in p.name]))
+        return out
 
 
 class PremiseWarning(UserWarning):
