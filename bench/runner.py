@@ -169,6 +169,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     methods = check_spec(spec)
     tasks = dict(tasks) if tasks is not None else build_tasks(spec)
     check_applies(tasks, methods)
+    check_options_act(spec, tasks, methods)
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
@@ -221,6 +222,24 @@ def check_applies(tasks: Mapping[str, Task], methods: Mapping[str, Method]) -> N
         why = "; ".join(f"{', '.join(ms)} on {t}: {reason}" for (t, reason), ms in groups.items())
         raise DiffhpoError(f"nothing to run: no method of --method applies to any task of --task ({why}); "
                            "nothing written")
+
+
+def check_options_act(spec: RunSpec, tasks: Mapping[str, Task], methods: Mapping[str, Method]) -> None:
+    """Refuse a ``--method-option`` that acts on no task of the matrix the method applies to
+    (the method's options declare it with ``inert_on(task, given)``), before anything is made."""
+    for name, raw in spec.method_options.items():
+        declared = methods[name].options
+        if not raw or not isinstance(declared, type) or not hasattr(declared, "inert_on"):
+            continue
+        config = opt.apply(f"method {name!r}", declared(), raw)
+        given = frozenset(raw)
+        applies = [t for t in tasks.values() if not skip_reason(t, methods[name])]
+        inert = [dict(config.inert_on(t, given)) for t in applies]
+        for key in sorted(given):
+            if applies and all(key in why for why in inert):
+                reasons = "; ".join(f"on {t.name}: {why[key]}" for t, why in zip(applies, inert))
+                raise DiffhpoError(f"method {name!r}: option {key}={raw[key]} has no effect on any task of the "
+                                   f"matrix ({reasons}); leave it out")
 
 
 def skip_reason(task: Task, method: Method) -> str | None:

@@ -599,6 +599,24 @@ class BilevelOptions:
             elif key in ("zo_step", "zo_step_max", "zo_central") and self.zo_scheme != "forward":
                 yield key, f"with zo_scheme {self.zo_scheme} (it acts with zo_scheme forward only)"
 
+    def inert_on(self, task: Any, given: frozenset[str]):
+        """Given options that cannot act on ``task`` (the runner refuses one that acts on no
+        task of the matrix): the penalty weight and the ablation switches need an oracle (the
+        switches one that runs the single loop, ``task.ablation_switches``); the zeroth-order
+        settings need a task without one; and in zeroth-order mode the forward scheme takes
+        its own steps, so the step rule's settings act only under ``zo_scheme=central``."""
+        rule = ("optimizer", "step", "step_max", "step_min", "lr", "lr_schedule", "weight_decay", "cycle_length")
+        zo = ("zo_scheme", "zo_directions", "zo_delta", "zo_step", "zo_step_max", "zo_central")
+        for key in sorted(given):
+            if task.has_oracle and key in zo:
+                yield key, "it has a first-order oracle, so the zeroth-order fallback never runs"
+            elif not task.has_oracle and key in ("gamma0", "gamma_growth", "gamma_max", "zo_term", "penalty_term"):
+                yield key, "it has no first-order oracle (zeroth-order mode), which this setting drives"
+            elif key in ("zo_term", "penalty_term") and not getattr(task, "ablation_switches", False):
+                yield key, "its oracle runs no single loop, whose term this switch changes"
+            elif not task.has_oracle and self.zo_scheme == "forward" and key in rule:
+                yield key, "zeroth-order mode with zo_scheme forward takes its own steps, not the step rule's"
+
     def rules(self):
         yield self.step_min <= self.step <= self.step_max, "need step_min <= step <= step_max"
         yield self.gamma0 <= self.gamma_max, "gamma0 must not exceed gamma_max"

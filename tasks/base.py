@@ -107,6 +107,9 @@ class Task(abc.ABC):
     # raises ``optuna.TrialPruned`` when the method's pruner stops the trial, which then
     # costs the fraction it ran. Pruning methods skip tasks without a fidelity.
     has_fidelity: ClassVar[bool] = False
+    # A task whose oracle honours the single loop's ablation switches (``OracleContext.zo_term``
+    # and ``penalty_term``) says so; the bilevel method refuses the switches elsewhere.
+    ablation_switches: ClassVar[bool] = False
     # Seeds of the default matrix (``diffhpo run`` without --seeds): cheap tasks with a known
     # answer afford enough seeds to separate methods from noise; the MNIST tasks one.
     default_seeds: ClassVar[int] = 1

@@ -165,6 +165,10 @@ CASES = [
     (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.preset=paper",
             "--method-option", "bilevel.gamma0=20", "--method-option", "bilevel.gamma_max=5"],
      "gamma0 must not exceed gamma_max"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.zo_step=0.1"],
+     "option zo_step=0.1 has no effect on any task of the matrix (on quadratic: it has a first-order oracle"),
+    (RUN + ["-t", "quadratic", "-m", "bilevel", "--method-option", "bilevel.zo_term=off"],
+     "option zo_term=off has no effect on any task of the matrix (on quadratic: its oracle runs no single loop"),
     # storages
     (Q + ["--storage", "sqlite://"], "is an in-memory database"),
     (Q + ["--storage", "sqlite:///:memory:"], "is an in-memory database"),
@@ -297,3 +301,13 @@ def test_method_options_that_act_together_are_accepted(options):
     spec = RunSpec(tasks=["quadratic"], methods=["bilevel"], seeds=[0],
                    method_options={"bilevel": dict(o.split(".", 1)[1].split("=") for o in options)})
     check_spec(spec)
+
+
+def test_a_method_option_that_acts_on_one_task_of_the_matrix_is_accepted():
+    """The ablation switch acts on gmm-schedule's single loop, though not on quadratic."""
+    from diffhpo.bench.runner import RunSpec, build_tasks, check_options_act, check_spec
+
+    spec = RunSpec(tasks=["quadratic", "gmm-schedule"], methods=["bilevel"], seeds=[0], profile="smoke",
+                   method_options={"bilevel": {"zo_term": "off"}})
+    methods = check_spec(spec)
+    check_options_act(spec, build_tasks(spec), methods)

@@ -109,6 +109,7 @@ class GmmScheduleConfig(MixtureOptions):
 
 class GmmScheduleTask(ScheduleSpace, Task):
     name = "gmm-schedule"
+    ablation_switches = True  # the single loop (tasks/single_loop.py) reads zo_term / penalty_term
     description = ("noise-schedule optimisation while training a small MLP diffusion model on a 2-D Gaussian "
                    "mixture (DDIM, energy distance to the exact mixture)")
     cost_unit = "full trainings"

@@ -181,6 +181,7 @@ PAPER = MnistScheduleConfig(
 
 class MnistScheduleTask(ScheduleSpace, Task):
     name = "mnist-schedule"
+    ablation_switches = True  # the single loop (tasks/single_loop.py) reads zo_term / penalty_term
     description = "noise-schedule optimisation while training an MNIST diffusion model (UNet2DModel, DDIM, FID)"
     cost_unit = "full trainings"
     has_fidelity = True  # FID at the profile's checkpoints of each training
