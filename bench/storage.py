@@ -84,7 +84,8 @@ def check_url(url: str) -> str:
 
 def _sqlite_tables(path: Path) -> set[str] | None:
     """The tables of the SQLite file ``path``, read through a read-only connection (nothing
-    is created or written); None when it is not a SQLite database."""
+    is created or written); None when it is not a SQLite database. Any other failure (an
+    unreadable file, a lock) is an OSError with SQLite's message."""
     import sqlite3
 
     try:
@@ -93,8 +94,10 @@ def _sqlite_tables(path: Path) -> set[str] | None:
             return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
-    except sqlite3.DatabaseError:
-        return None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):  # SQLITE_NOTADB
+            return None
+        raise OSError(str(exc)) from None
 
 
 def _is_journal(path: Path) -> bool:
