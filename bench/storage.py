@@ -105,7 +105,8 @@ def check_url(url: str) -> str:
 
 def _sqlite_tables(path: Path) -> set[str] | None:
     """The tables of the SQLite file ``path``, read through a read-only connection (nothing
-    is created or written); None when it is not a SQLite database."""
+    is created or written); None when it is not a SQLite database. Any other failure (an
+    unreadable file, a lock) is an OSError with SQLite's message."""
     import sqlite3
 
     try:
@@ -114,8 +115,10 @@ def _sqlite_tables(path: Path) -> set[str] | None:
             return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             con.close()
-    except sqlite3.DatabaseError:
-        return None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):  # SQLITE_NOTADB
+            return None
+        raise OSError(str(exc)) from None
 
 
 def _is_journal(path: Path) -> bool:
@@ -137,7 +140,8 @@ def check_file(url: str, *, existing: bool = False) -> None:
     anything opens it: opening would write into it (Optuna creates its tables inside any
     SQLite database, and appends its records to any file named by a journal URL).
 
-    Choices: an empty file is a new storage (nothing of the user's is in it); a SQLite
+    Choices: an empty file is a new storage (nothing of the user's is in it), but not one
+    to read from, where it is refused if SQLite (opening would create Optuna's tables); a SQLite
     database must hold Optuna's ``studies`` table, or no table at all; a journal's first
     line must be an Optuna record (checking the first line finds a foreign file; a journal
     cut short at its end is another matter). ``existing``: the storage is to be read, so a
@@ -149,6 +153,8 @@ def check_file(url: str, *, existing: bool = False) -> None:
     if not path.is_file():
         raise DiffhpoError(f"storage {shown(url)!r}: {str(path)!r} is not a file")
     if path.stat().st_size == 0:
+        if existing and not url.startswith("journal://"):  # SQLite would create its tables in it
+            raise DiffhpoError(f"storage {shown(url)!r} is an empty file, not an Optuna storage; nothing to read")
         return
     try:
         if url.startswith("journal://"):

@@ -34,6 +34,7 @@ def foreign(tmp_path_factory):
     con.commit()
     con.close()
     (folder / "notes.txt").write_text("hello\n")
+    (folder / "empty.db").write_bytes(b"")
     return folder
 
 
@@ -181,6 +182,7 @@ CASES = [
     (Q + ["--storage", "journal:///{foreign}/notes.txt"], "is not an Optuna journal"),
     (["report", "--out", E, "--storage", "sqlite:///{foreign}/people.db"], "but not an Optuna storage"),
     (["report", "--out", E, "--storage", "journal:///{foreign}/notes.txt"], "is not an Optuna journal"),
+    (["report", "--out", E, "--storage", "sqlite:///{foreign}/empty.db"], "is an empty file, not an Optuna storage"),
     (["report", "--out", E, "--merge", "journal:///{foreign}/notes.txt", D], "is not an Optuna journal"),
     (["worker", "--storage", "journal:///{foreign}/notes.txt", "--study", STUDY], "is not an Optuna journal"),
     (["worker", "--storage", "sqlite:///{foreign}/people.db", "--study", STUDY], "but not an Optuna storage"),

@@ -97,3 +97,24 @@ def test_no_password_in_the_log_the_tables_the_export_nor_the_page(url, tmp_path
         assert SECRET.encode() not in path.read_bytes(), path
     assert redact_url(url).encode() in (merged / "cells.csv").read_bytes()  # the source, named without it
     assert optuna.get_all_study_names(db) == ["quadratic.random.smoke.seed0"]
+
+
+@pytest.mark.postgres
+def test_no_password_from_a_live_server_run(tmp_path):
+    """The same on a real server: the test server's URL given a password (a server that
+    trusts loopback connections never asks for it)."""
+    import os
+    import subprocess
+    import sys
+
+    admin = os.environ.get("DIFFHPO_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("no PostgreSQL server: set DIFFHPO_TEST_POSTGRES_URL (.ci/postgres.sh starts one)")
+    url = make_url(admin).set(password=SECRET).render_as_string(hide_password=False)
+    ran = subprocess.run([sys.executable, "-m", "diffhpo", "run", "-t", "quadratic", "-m", "random", "-p", "smoke",
+                          "--seeds", "1", "--seed-start", "7", "--storage", url, "--out", str(tmp_path), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    assert f"storage {redact_url(url)}" in ran.stderr and SECRET not in ran.stderr + ran.stdout
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert SECRET.encode() not in path.read_bytes(), path
