@@ -80,7 +80,7 @@ sampler moves the numeric parameters of the space it is *handed* (a
 ``PartialFixedSampler`` hands it a subset): integer and float, linear or log, with or
 without ``step``; values are clipped and rounded to each distribution's grid. Categorical
 parameters, ranges of a single value, conditional parameters and parameters unknown to the
-space are sampled independently (uniformly, seeded by the trial number; a single value is
+space are sampled independently (uniformly, seeded by the trial's slot; a single value is
 returned as is). The trajectory belongs to the movable space: each trial records its
 fingerprint, and another space (a fixed parameter, a changed range) starts its own
 trajectory from the start point. Multi-objective studies are refused (``ValueError``).
@@ -89,6 +89,14 @@ State: nothing is kept in memory. Each trial stores its slot (iteration, directi
 sign) as a system attribute; every proposal replays the completed trials in order, so a
 resumed run or a second worker continues the same trajectory (as Optuna's CmaEsSampler
 does). Failed trials are not counted: their slot is proposed again.
+
+Trials lacking a parameter of the space (a space given at construction, and an objective
+with conditional parameters that suggests only some of them): each trial also stores the
+point its slot proposed (``bilevel:point``), and the replay reads a parameter the trial
+lacks at that proposed value, with a hypergradient of 0 for it (the objective did not
+depend on it in that trial). A trial lacking a parameter and that record (written by an
+older version) is left out of the replay, as a failed one: its slot is proposed again.
+Either way a stored trial never stops the sampler.
 
 Example::
 
@@ -108,6 +116,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -126,10 +135,12 @@ from . import space as sp
 from .base import Method, MethodContext
 from . import bilevel_paper as paper
 from .seeding import derive_seed
+from .seeding import slot as config_slot
 from .step_rules import RULES, StepRule
 from .zeroth_order import forward_estimate, gaussian_directions, orthonormal_directions, two_point_estimate
 
 SLOT_KEY = "bilevel:slot"
+POINT_KEY = "bilevel:point"  # the values the trial's slot proposed for the movable space
 SPACE_KEY = "bilevel:space"
 GRAD_KEY = "hypergrad"
 MULTI_OBJECTIVE = "BilevelSampler supports single-objective studies only (it descends one objective)"
@@ -317,12 +328,31 @@ class BilevelSampler(BaseSampler):
             mode = "zo" if trials and GRAD_KEY not in trials[0].user_attrs else "oracle"
         done: dict[tuple[int, int, int], FrozenTrial] = {}
         for t in trials:
-            done.setdefault(tuple(int(v) for v in t.system_attrs[SLOT_KEY]), t)
+            t = self._whole(t, coords)
+            if t is not None:
+                done.setdefault(tuple(int(v) for v in t.system_attrs[SLOT_KEY]), t)
         if mode == "oracle":
             return self._replay_oracle(coords, done, sign)
         if self.zo_scheme == "central":
             return self._replay_central(coords, done, sign)
         return self._replay_forward(coords, done, sign)
+
+    @staticmethod
+    def _whole(t: FrozenTrial, coords: _Coords) -> FrozenTrial | None:
+        """``t`` with every parameter of ``coords``: the ones it lacks at its slot's proposed
+        point, with hypergradient 0 (see the module doc); None when it lacks one and has no
+        record of that point."""
+        lacking = [n for n in coords.names if n not in t.params]
+        if not lacking:
+            return t
+        point = t.system_attrs.get(POINT_KEY) or {}
+        if any(n not in point for n in lacking):
+            return None
+        whole = copy.copy(t)
+        whole.params = {**t.params, **{n: point[n] for n in lacking}}
+        if GRAD_KEY in t.user_attrs:
+            whole.user_attrs = {**t.user_attrs, GRAD_KEY: {**{n: 0.0 for n in lacking}, **t.user_attrs[GRAD_KEY]}}
+        return whole
 
     def _rule(self, coords: _Coords, first: FrozenTrial | None) -> StepRule | None:
         """The step rule of this trajectory (None: its one-cycle length is not known yet)."""
@@ -477,6 +507,7 @@ class BilevelSampler(BaseSampler):
             study._storage.set_trial_system_attr(trial._trial_id, SLOT_KEY, [state.iteration, d, s])
             study._storage.set_trial_system_attr(trial._trial_id, SPACE_KEY, coords.tag)
             moved = coords.params(state.points[(d, s)])
+            study._storage.set_trial_system_attr(trial._trial_id, POINT_KEY, moved)  # see _whole
         return {
             n: moved[n] if n in moved else self.sample_independent(study, trial, n, dist)
             for n, dist in search_space.items()
@@ -485,12 +516,14 @@ class BilevelSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        """Parameters the sampler cannot move: uniform (log-uniform) draws seeded by the trial
-        number and the name, the single value of a one-value range."""
+        """Parameters the sampler cannot move: uniform (log-uniform) draws seeded by the trial's
+        slot and the name, the single value of a one-value range."""
         self._single(study)
         if sp.is_numeric(param_distribution) and param_distribution.low == param_distribution.high:
             return sp.snap(param_distribution, param_distribution.low)
-        rng_seed = derive_seed(self.seed, trial.number, zlib.crc32(param_name.encode()))
+        # seeded by the slot, which is the trial number without retries (methods/seeding.py): a
+        # retry of a trial cut off before this draw draws the same value
+        rng_seed = derive_seed(self.seed, config_slot(study, trial), zlib.crc32(param_name.encode()))
         return RandomSampler(seed=rng_seed).sample_independent(study, trial, param_name, param_distribution)
 
     # -- several workers: outer iterations are sequential ----------------------------------

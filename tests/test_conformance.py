@@ -9,6 +9,9 @@ reasons are in the ``SKIP`` tables below.
   configurations: oracle mode (a hypergradient is written for every trial by
   :class:`_OracleBilevel`, the gradient of the sum of the parameters, so the iterate moves
   and meets the bounds), zeroth-order ``forward`` and zeroth-order ``central``.
+* ``BilevelSampler`` given a search space, in oracle, zeroth-order ``forward`` and ``central``
+  modes, on ``test_conditional_parameter_objective`` over that case's numeric space (each
+  trial lacks one of its parameters; the rule is in ``methods/bilevel.py``).
 * ``TrialSeeded`` wrapping ``RandomSampler`` and ``TPESampler`` (multivariate).
 * ``_GridSampler`` (grid search): a grid sampler proposes points of its grid only.
 * ``DefaultSampler`` (the ``default`` baseline): proposes fixed parameters.
@@ -344,3 +347,45 @@ class TestTrialSeededBoTorch(_SkipTable, BasicSamplerTestCase, RelativeSamplerTe
                 return TrialSeeded(_sampler_class()(seed=0, n_startup_trials=1), 0)
 
         return make
+
+
+# --- the bilevel sampler given a search space, and trials lacking some of its parameters --------
+
+# The numeric part of the space of Optuna's test_conditional_parameter_objective: each trial
+# suggests x, then y or z, never both (issue 24, part 2).
+CONDITIONAL_SPACE = {"y": FloatDistribution(0, 1), "z": FloatDistribution(0, 1)}
+GIVEN_SPACE_SAMPLERS = {
+    "oracle": lambda: _OracleBilevel(CONDITIONAL_SPACE, mode="oracle", seed=0),
+    "zo-forward": lambda: BilevelSampler(CONDITIONAL_SPACE, mode="zo", zo_scheme="forward", seed=0),
+    "zo-central": lambda: BilevelSampler(CONDITIONAL_SPACE, mode="zo", zo_scheme="central", seed=0),
+}
+
+
+@pytest.mark.parametrize("mode", list(GIVEN_SPACE_SAMPLERS))
+def test_bilevel_given_space_conformance_conditional_parameter_objective(mode):
+    BasicSamplerTestCase().test_conditional_parameter_objective(GIVEN_SPACE_SAMPLERS[mode])
+
+
+@pytest.mark.parametrize("mode", list(GIVEN_SPACE_SAMPLERS))
+def test_bilevel_given_space_replays_trials_lacking_a_parameter_at_their_proposed_point(mode):
+    """The rule of methods/bilevel.py: a trial lacking a parameter of the given space is replayed
+    at its slot's proposed value for it, so the trajectory moves on (it is not stuck on one slot)."""
+    def objective(trial):
+        x = trial.suggest_categorical("x", [True, False])
+        name = "y" if x else "z"
+        return (trial.suggest_float(name, 0, 1) - 0.8) ** 2
+
+    study = optuna.create_study(sampler=GIVEN_SPACE_SAMPLERS[mode]())
+    study.optimize(objective, n_trials=12)
+    sampler = study.sampler
+    coords = sampler._coords(CONDITIONAL_SPACE)
+    state = sampler._replay(study, coords)
+    assert state.iteration >= 2  # every completed trial lacks y or z, and still counts
+    assert all(set(t.system_attrs["bilevel:point"]) == {"y", "z"} for t in study.trials)
+    # a trial without the record of its point (an older storage) is left out, not a crash
+    old = study.trials[0]
+    study.add_trial(optuna.create_trial(params=old.params, distributions=old.distributions, value=old.value,
+                                        system_attrs={k: v for k, v in old.system_attrs.items() if k != "bilevel:point"}))
+    assert sampler._whole(study.trials[-1], coords) is None
+    assert sampler._replay(study, coords).iteration == state.iteration  # the duplicate slot is not counted
+    sampler.current_params(study)

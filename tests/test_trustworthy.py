@@ -126,6 +126,7 @@ def test_retried_trials_show_their_own_state_and_reason(tmp_path):
     url = st.default_url(tmp_path)
     study = optuna.load_study(study_name="quadratic.random.smoke.seed0", storage=url)
     running = study.ask({n: d for n, d in study.trials[0].distributions.items()})
+    study._storage.set_trial_system_attr(running._trial_id, workers.ASKED, True)  # cut off after its ask, as the runner marks it
     workers.fail_and_retry(study, study._storage.get_trial(running._trial_id), "interrupted: SIGTERM")
     run_matrix(RunSpec(tasks=["quadratic"], methods=["random"], seeds=[0], profile="smoke", out=tmp_path,
                        progress=False, budget=4), log=lambda s: None)
