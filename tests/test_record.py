@@ -254,3 +254,17 @@ def test_a_grown_plan_reuses_the_evaluations_it_holds(smoke_table, tmp_path, mon
     for c in cols:
         if c not in key:
             pd.testing.assert_series_equal(merged[c], merged[f"{c}_grown"], check_names=False)
+
+
+def test_the_mean_model_predicts_each_output(smoke_table):
+    """Every output of the multi-output model is its own (a defect once returned the first
+    output, rescaled, for all of them): the trees' direct prediction equals scikit-learn's."""
+    import numpy as np
+
+    from diffhpo.tasks.surrogate import model as M
+
+    t = rec.load_table(smoke_table)
+    space = TASKS.get(TASK)("smoke").search_space()
+    mean = M.fit_mean(t.frame, t.meta, space)
+    x = M.unit_features(space, {n: t.frame[f"p_{n}"].to_numpy() for n in space})
+    np.testing.assert_allclose(mean.predict(x), mean.est.predict(x) * mean.sd + mean.mu, rtol=1e-5)

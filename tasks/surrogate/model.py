@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ...bench.record import Table
 from ...methods import space as sp
 
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 N_TREES = 100
 LEAF = 3
 OPT_POINTS = 2**14
@@ -80,7 +80,9 @@ def predict(est: Any, x: np.ndarray) -> np.ndarray:
     if trees is None or not hasattr(trees[0], "tree_"):
         return est.predict(x)
     x32 = np.ascontiguousarray(x, dtype=np.float32)
-    return np.mean([t.tree_.predict(x32)[:, 0] for t in trees], axis=0)
+    # tree_.predict: (n, 1) for one output, (n, outputs, 1) for several
+    out = np.mean([t.tree_.predict(x32) for t in trees], axis=0)
+    return out.reshape(len(x32), -1) if est.n_outputs_ > 1 else out.reshape(len(x32))
 
 
 def unit_features(space: Mapping[str, Any], params: pd.DataFrame | Mapping[str, Any]) -> np.ndarray:
