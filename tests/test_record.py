@@ -254,3 +254,28 @@ def test_a_grown_plan_reuses_the_evaluations_it_holds(smoke_table, tmp_path, mon
     for c in cols:
         if c not in key:
             pd.testing.assert_series_equal(merged[c], merged[f"{c}_grown"], check_names=False)
+
+
+def test_the_mean_model_predicts_each_output(smoke_table):
+    """Every output of the multi-output model is its own (a defect once returned the first
+    output, rescaled, for all of them): the trees' direct prediction equals scikit-learn's."""
+    import numpy as np
+
+    from diffhpo.tasks.surrogate import model as M
+
+    t = rec.load_table(smoke_table)
+    space = TASKS.get(TASK)("smoke").search_space()
+    mean = M.fit_mean(t.frame, t.meta, space)
+    x = M.unit_features(space, {n: t.frame[f"p_{n}"].to_numpy() for n in space})
+    np.testing.assert_allclose(mean.predict(x), mean.est.predict(x) * mean.sd + mean.mu, rtol=1e-5)
+
+
+def test_the_shipped_table_matches_its_task():
+    """The shipped gmm-schedule table verifies against its checksum and the task's current
+    configuration and space (a change to either refuses the surrogate until it is re-recorded)."""
+    assert "gmm-schedule-surrogate" in TASKS.names()
+    real = TASKS.get(TASK)("quick")
+    table = rec.load_table(rec.TABLES_DIR / "gmm-schedule.quick.default.csv.gz")
+    rec.check_table_for(table, task=TASK, profile="quick", version=rec.task_version(real), variant="default",
+                        space=real.search_space())
+    assert table.meta["plan"]["configs"] >= 512 and table.meta["plan"]["replicated"] == 20

@@ -41,6 +41,13 @@ TABLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "recordings"
 #: name -> (real task, recorded profile, {space variant: table file under assets/recordings/}, task options)
 BUILTIN: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {
     "gmm-schedule-surrogate": ("gmm-schedule", "quick", {"default": "gmm-schedule.quick.default.csv.gz"}, {}),
+    "mnist-schedule-surrogate": ("mnist-schedule", "quick", {"default": "mnist-schedule.quick.default.csv.gz"}, {}),
+    "reward-mnist-surrogate": ("reward-mnist", "quick", {"default": "reward-mnist.quick.default.csv.gz",
+                                                         "weighted-sum": "reward-mnist.quick.weighted-sum.csv.gz"}, {}),
+    "reward-mnist-bold-surrogate": ("reward-mnist", "quick",
+                                    {"default": "reward-mnist.quick.default.objective-bold.csv.gz",
+                                     "weighted-sum": "reward-mnist.quick.weighted-sum.objective-bold.csv.gz"},
+                                    {"objective": "bold"}),
 }
 
 
