@@ -304,7 +304,7 @@ def list_cmd(show_options):
         return
     click.echo("tasks:")
     for name, cls in TASKS.items():
-        flag = "" if getattr(cls, "offline", True) else " [needs downloaded weights]"
+        flag = "" if getattr(cls, "offline", True) else f" [{getattr(cls, 'offline_note', 'needs downloaded weights')}]"
         click.echo(f"  {name:<16} {cls.description}{flag}")
     click.echo("methods:")
     for name, method in METHODS.items():

@@ -65,6 +65,7 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.trial import TrialState
 
 from ..methods import space as sp
+from . import atomic
 from .cache import config_key
 from .errors import DiffhpoError
 from .fidelity import FIDELITY_STEPS, progress_reporter
@@ -399,14 +400,9 @@ def write_table(path: Path, frame: pd.DataFrame, meta: dict) -> str:
     if len(data) > MAX_FILE_BYTES:
         raise DiffhpoError(f"table {str(path)!r} would be {len(data) / 2**20:.1f} MiB, over the repository's "
                            f"{MAX_FILE_BYTES / 2**20:.0f} MiB per file; record fewer configurations")
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic.write(path, lambda tmp: Path(tmp).write_bytes(data))
     digest = hashlib.sha256(data).hexdigest()
-    side = path.with_name(path.name + ".sha256")
-    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(tmp, side)
+    atomic.write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest
 
 

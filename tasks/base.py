@@ -101,6 +101,8 @@ class Task(abc.ABC):
     description: ClassVar[str]
     cost_unit: ClassVar[str] = "lower-level solves"
     offline: ClassVar[bool] = True  # part of the default matrix (needs no download)
+    # What `diffhpo list` says of a task outside the default matrix (``offline = False``).
+    offline_note: ClassVar[str] = "needs downloaded weights"
     # A task whose lower-level solve is iterative sets ``has_fidelity = True``: its evaluate then
     # takes ``report=``, a callable ``report(fraction, value)`` it calls at its checkpoints
     # (fractions of the solve, a profile setting) with the upper metric there; the call

@@ -66,7 +66,10 @@ class SurrogateTask(Task):
     recorded_profile: ClassVar[str]
     real_options: ClassVar[dict[str, Any]] = {}
     tables: ClassVar[dict[str, Path]]
-    offline = False  # joins the default run only when the coordinator says so (issue 23, item 6)
+    # Outside the default matrix for now: its place there (seeds, and the default run's
+    # 45-minute target) is not measured yet; `diffhpo run -t NAME` runs it offline.
+    offline = False
+    offline_note = "not in the default matrix; runs offline with -t NAME"
     default_seeds = 20
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
