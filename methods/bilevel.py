@@ -648,7 +648,8 @@ class BilevelOptions:
         ``step``/``step_max``/``step_min`` drive rprop and irprop only; ``lr`` adam, adamw and
         sgd; ``weight_decay`` and ``lr_schedule`` adamw only (:class:`.step_rules.StepRule`);
         ``cycle_length`` adamw under one-cycle (:meth:`BilevelSampler._rule`); ``zo_step``,
-        ``zo_step_max`` and ``zo_central`` the forward zeroth-order scheme only. An option set
+        ``zo_step_max`` and ``zo_central`` the forward zeroth-order scheme only; ``gamma_rule`` a
+gamma that grows (``gamma_growth > 1``). An option set
         to the value it has anyway is refused too (it still does nothing in that combination).
         Which task a cell has (oracle or zeroth-order) is not known here and is not judged."""
         acts = {

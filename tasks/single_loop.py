@@ -79,7 +79,9 @@ one that is set enters the checkpoints' key:
   the state still comes from checkpoint k-1 alone, so a rerun of k is unchanged.
 * ``y_step_ratio`` r: y takes ``max(1, round(r n))`` of the ``n = bl_inner_steps`` inner
   steps, spread evenly over them (:func:`y_step_indices`), on z's minibatches of those
-  steps; the cost counts the steps taken. New.
+  steps; the cost counts the steps taken. Source: the reference code's iteration, which
+  takes 10 steps on the plain network and 1 on the penalised one per q-update (the note of
+  :data:`PAPER_LOOP`; ``y_step_ratio=0.1`` with 10 inner steps); spreading them is ours.
 
 The fourth variant, gamma growth tied to the measured drift, is the sampler's
 (``bilevel.gamma_rule=drift``, :func:`diffhpo.methods.bilevel.drift_gammas`): the oracle
