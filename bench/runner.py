@@ -353,7 +353,8 @@ def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> N
     :func:`resolved_method_settings`) is compared on those, so a rerun under other defaults
     (another default step rule, say) is refused naming both values and the options that
     restore the stored ones; an older cell without that record (or a plug-in's) is compared
-    on the options given, as before (it resumes under the current defaults). The budget (and the time budget) may grow, which extends the search and
+    on the options given, as before (it resumes under the current defaults). The budget
+    (and the time budget) may grow, which extends the search and
     repeats the final protocol, but never shrink, which would label more trials than the
     budget allows with the smaller one."""
     if old.get("simulated_workers") != new.get("simulated_workers"):
