@@ -284,6 +284,21 @@ def checked_method_options(name: str, method: Method, raw: Mapping[str, Any]) ->
     return {k: getattr(checked, k) for k in raw}
 
 
+def resolved_method_settings(name: str, method: Method, raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Every setting the method will use (declared options, given or not, after its
+    ``resolved`` hook: a preset's values, the defaults of this version), as stored with a
+    new cell (``method_settings``) so that a rerun under changed defaults is refused instead
+    of continuing the trajectory under another rule (issue 27). None for a plug-in that
+    declares only option names."""
+    declared = method.options
+    if not isinstance(declared, type):
+        return None
+    import dataclasses
+
+    checked = opt.apply(f"method {name!r}", declared(), raw)
+    return json.loads(json.dumps(dataclasses.asdict(checked), default=str))
+
+
 def _number_or_text(raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
@@ -295,8 +310,9 @@ def _number_or_text(raw: Any) -> Any:
     return raw
 
 
-def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_budget, method_options) -> dict[str, Any]:
-    return {
+def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_budget, method_options,
+                settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out = {
         st.CELL_MARK: True,
         "task": task.name,
         "method": method_name,
@@ -311,6 +327,9 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_bud
         "config": json.loads(json.dumps(task.describe_config(), default=str)),
         "optimum": task.known_optimum(),
     }
+    if settings is not None:
+        out["method_settings"] = dict(settings)
+    return out
 
 
 def _described(task: Task, method_name: str, method: Method, seed: int, budget: float | None,
@@ -318,8 +337,9 @@ def _described(task: Task, method_name: str, method: Method, seed: int, budget: 
     """The cell's study name and the description it is stored with (:func:`_cell_attrs`)."""
     budget = float(budget if budget is not None else task.budget)
     options = checked_method_options(method_name, method, method_options or {})
+    settings = resolved_method_settings(method_name, method, method_options or {})
     return (st.study_name(task.name, method_name, task.profile, seed),
-            _cell_attrs(task, method_name, seed, budget, time_budget, options))
+            _cell_attrs(task, method_name, seed, budget, time_budget, options, settings))
 
 
 def _stored_attrs(storage: BaseStorage, name: str) -> dict[str, Any]:
@@ -348,7 +368,12 @@ def _check_stored(name: str, old: Mapping[str, Any], attrs: Mapping[str, Any]) -
 
 def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """A rerun continues a cell under the settings it was created with. Method options
-    never change; the budget (and the time budget) may grow, which extends the search and
+    never change: a cell that records every setting its method used (``method_settings``,
+    :func:`resolved_method_settings`) is compared on those, so a rerun under other defaults
+    (another default step rule, say) is refused naming both values and the options that
+    restore the stored ones; an older cell without that record (or a plug-in's) is compared
+    on the options given, as before (it resumes under the current defaults). The budget
+    (and the time budget) may grow, which extends the search and
     repeats the final protocol, but never shrink, which would label more trials than the
     budget allows with the smaller one."""
     if old.get("simulated_workers") != new.get("simulated_workers"):
@@ -358,7 +383,19 @@ def _check_rerun(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> N
             f"study {name!r} was run {how(old.get('simulated_workers'))}, not {how(new.get('simulated_workers'))}; "
             "rerun with the stored value, or use another --out or --storage"
         )
-    if old.get("method_options", {}) != new["method_options"]:
+    before, now = old.get("method_settings"), new.get("method_settings")
+    if before is not None and now is not None:  # both record every setting: compare what is used
+        if before != now:
+            keys = sorted(k for k in {**before, **now} if before.get(k) != now.get(k))
+            stored = " ".join(f"{k}={_setting(before.get(k))}" for k in keys)
+            given = " ".join(f"{k}={_setting(now.get(k))}" for k in keys)
+            method = new.get("method", old.get("method"))
+            fix = " ".join(f"--method-option {method}.{k}={_setting(before.get(k))}" for k in keys)
+            raise DiffhpoError(
+                f"study {name!r} was run with --method-option {_shown('method_options', old.get('method_options'))}, "
+                f"which resolved to {stored}; now {given}; rerun with {fix}, or use another --out or --storage"
+            )
+    elif old.get("method_options", {}) != new["method_options"]:  # a cell stored before the record (or a plug-in)
         raise DiffhpoError(
             f"study {name!r} was run with --method-option {_shown('method_options', old.get('method_options'))}, "
             f"not {_shown('method_options', new['method_options'])}; rerun with the stored values, "
@@ -415,6 +452,8 @@ def prepare_cell(
     # Each attribute is its own commit: the cell mark goes last, so a process killed while
     # describing the study leaves it unmarked, and the next run completes the description
     # instead of comparing against a half-written one.
+    if old.get(st.CELL_MARK) and "method_settings" not in old:
+        attrs.pop("method_settings", None)  # a cell stored before the record: its settings are not known
     for key, value in sorted(attrs.items(), key=lambda kv: kv[0] == st.CELL_MARK):
         if old.get(key) != value:
             study.set_user_attr(key, value)
@@ -429,6 +468,12 @@ def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
     keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
     return "; ".join(f"stored --option {k}={text(old.get(k))}, now {text(new.get(k))}" for k in keys)
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _shown(key: str, value: Any) -> str:

@@ -25,7 +25,20 @@ negated when it is maximised) in those coordinates. The step is
 * ``sgd``: plain ``lr * g``.
 
 The penalty weight of the oracle grows as ``gamma_k = min(gamma0 * gamma_growth**k,
-gamma_max)`` (method.md: "gamma grows over iterations").
+gamma_max)`` (method.md: "gamma grows over iterations"; ``gamma_rule="geometric"``, the
+default). ``gamma_rule="drift"`` (issue 27; :func:`drift_gammas`) grows it by the same
+factor only while the single loop's measured ``|y - z|`` (the trials' ``yz_distance``)
+shrinks, and holds it otherwise: the premise of the penalty method (Kwon et al. 2023),
+``y - z = O(1/gamma)``, says a larger gamma should bring y closer to z; where it does not,
+growing gamma only inflates the penalty term. The rule is new. (The classic penalty-method
+update, Nocedal & Wright 2006, Sec. 17.1, decides the other way round, growing the weight
+while the constraint violation does *not* shrink enough; here a violation that grows with
+gamma is the sign that growing gamma does not help.)
+
+**Drift variants** of the single loop (issue 27, :mod:`diffhpo.tasks.single_loop`, all off by
+default): ``prox_mu`` (a proximal term on y's objective), ``resync_every`` (periodic
+``y <- z``), ``y_step_ratio`` (fewer inner steps on y); the sampler passes them to the
+oracle through :class:`~diffhpo.tasks.base.OracleContext` and ignores them otherwise.
 
 **Presets.** ``preset="paper"`` (``--method-option bilevel.preset=paper``) reproduces the
 reference code's schedule-tuning update rule and iteration structure within the budget
@@ -145,6 +158,26 @@ SPACE_KEY = "bilevel:space"
 GRAD_KEY = "hypergrad"
 MULTI_OBJECTIVE = "BilevelSampler supports single-objective studies only (it descends one objective)"
 ZO_GROW, ZO_SHRINK = 2.0, 0.5  # forward scheme: step length factors on acceptance / rejection
+GAMMA_RULES = ("geometric", "drift")
+DRIFT_KEY = "yz_distance"  # the single loop's measured |y - z| (trial user attribute)
+
+
+def drift_gammas(gamma0: float, growth: float, gamma_max: float, distances) -> list[float]:
+    """``gamma_k`` for k = 0..len(distances) under ``gamma_rule="drift"`` (module doc).
+
+    ``distances[k]`` is ``|y - z|`` measured at outer iteration k (None or NaN: not
+    measured). ``gamma_0 = min(gamma0, gamma_max)``; ``gamma_{k+1} = min(growth gamma_k,
+    gamma_max)`` when ``d_k < d_{k-1}`` and ``gamma_k`` otherwise (held). Where there is
+    nothing to compare (k = 0, or either distance not measured: an oracle that reports
+    none) it grows, as the geometric rule does, so the rule differs from it only where a
+    measured drift did not shrink."""
+    out = [float(min(gamma0, gamma_max))]
+    for k, d in enumerate(distances):
+        prev = distances[k - 1] if k > 0 else None
+        known = all(v is not None and np.isfinite(float(v)) for v in (d, prev))
+        grow = not known or float(d) < float(prev)
+        out.append(float(min(out[-1] * growth, gamma_max)) if grow else out[-1])
+    return out
 
 
 @dataclass
@@ -239,6 +272,10 @@ class BilevelSampler(BaseSampler):
         gamma0: float | None = None,
         gamma_growth: float | None = None,
         gamma_max: float = 1e4,
+        gamma_rule: str = "geometric",
+        prox_mu: float = 0.0,
+        resync_every: int = 0,
+        y_step_ratio: float = 1.0,
         zo_term: str = "on",
         penalty_term: str = "on",
         zo_scheme: str = "forward",
@@ -263,6 +300,8 @@ class BilevelSampler(BaseSampler):
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, ZO_TERMS))}")
         if zo_scheme not in ("forward", "central"):
             raise ValueError("zo_scheme must be 'forward' or 'central'")
+        if gamma_rule not in GAMMA_RULES:
+            raise ValueError(f"gamma_rule must be one of {', '.join(map(repr, GAMMA_RULES))}")
         if zo_central not in ("on-failure", "never", "always"):
             raise ValueError("zo_central must be 'on-failure', 'never' or 'always'")
         self._space = (
@@ -278,6 +317,8 @@ class BilevelSampler(BaseSampler):
         self.gamma0 = float(paper.resolved(preset, "gamma0", gamma0))
         self.gamma_growth = float(paper.resolved(preset, "gamma_growth", gamma_growth))
         self.gamma_max = gamma_max
+        self.gamma_rule = gamma_rule
+        self.prox_mu, self.resync_every, self.y_step_ratio = float(prox_mu), int(resync_every), float(y_step_ratio)
         self.zo_term, self.penalty_term = zo_term, penalty_term
         self.zo_scheme, self.zo_directions, self.zo_delta = zo_scheme, int(zo_directions), zo_delta
         self.zo_step, self.zo_step_max, self.zo_central = zo_step, zo_step_max, zo_central
@@ -300,7 +341,22 @@ class BilevelSampler(BaseSampler):
         return _Coords(space, self._start)
 
     def gamma(self, iteration: int) -> float:
+        """The geometric rule's gamma of an iteration (the drift rule's: :meth:`gamma_at`)."""
         return float(min(self.gamma0 * self.gamma_growth**iteration, self.gamma_max))
+
+    def gamma_at(self, study: Study, iteration: int) -> float:
+        """gamma of outer ``iteration`` under ``gamma_rule``: the drift rule replays the
+        ``yz_distance`` of the completed outer iterations before it (:func:`drift_gammas`),
+        so a resumed run or a second worker gets the same gamma."""
+        if self.gamma_rule == "geometric" or iteration == 0:
+            return self.gamma(iteration)
+        coords = self._coords(self._space_of(study))
+        done = {tuple(int(v) for v in t.system_attrs[SLOT_KEY]): t for t in reversed(self._trials(study, coords))}
+        distances = []
+        for k in range(iteration):
+            t = done.get((k, 0, 0))
+            distances.append(t.user_attrs.get(DRIFT_KEY) if t is not None else None)
+        return drift_gammas(self.gamma0, self.gamma_growth, self.gamma_max, distances)[iteration]
 
     def _directions(self, iteration: int, dim: int) -> np.ndarray:
         return gaussian_directions(self.seed, iteration, self.zo_directions, dim)
@@ -560,8 +616,9 @@ class BilevelSampler(BaseSampler):
         trial sampled independently: the first trial of a study whose space is inferred)."""
         slot = study._storage.get_trial_system_attrs(trial._trial_id).get(SLOT_KEY, [0])
         k = int(slot[0])
-        return OracleContext(iteration=k, gamma=self.gamma(k), preset=self.preset, zo_term=self.zo_term,
-                             penalty_term=self.penalty_term)
+        return OracleContext(iteration=k, gamma=self.gamma_at(study, k), preset=self.preset, zo_term=self.zo_term,
+                             penalty_term=self.penalty_term, prox_mu=self.prox_mu, resync_every=self.resync_every,
+                             y_step_ratio=self.y_step_ratio)
 
 
 @dataclass(frozen=True)
@@ -588,6 +645,15 @@ class BilevelOptions:
     gamma_growth: float = option(1.5, "penalty weight factor per iteration (the preset's unless given)", ge=1,
                                  le=100)
     gamma_max: float = option(1e4, "largest penalty weight", gt=0, le=1e12)
+    gamma_rule: str = option("geometric", "geometric (gamma0 * gamma_growth**k), or drift: grow only while the "
+                             "single loop's measured |y - z| shrinks, else hold (issue 27; new)",
+                             choices=GAMMA_RULES)
+    prox_mu: float = option(0.0, "single loop: weight mu of the proximal term (mu/2)|y - z|^2 on y's objective "
+                            "(0: none; issue 27)", ge=0, le=1e6)
+    resync_every: int = option(0, "single loop: re-sync y <- z every K outer iterations (0: never; issue 27)",
+                               ge=0, le=10**6)
+    y_step_ratio: float = option(1.0, "single loop: fraction of the inner steps that y takes (1: all, as z; "
+                                 "issue 27)", gt=0, le=1)
     zo_term: str = option("on", "ablation switch of the single-loop oracles: their zeroth-order term on, off (zero) "
                           "or noise (Gaussian of the same norm)", choices=ZO_TERMS)
     penalty_term: str = option("on", "ablation switch of the single-loop oracles: their penalty term on, off (zero) "
@@ -615,7 +681,8 @@ class BilevelOptions:
         ``step``/``step_max``/``step_min`` drive rprop and irprop only; ``lr`` adam, adamw and
         sgd; ``weight_decay`` and ``lr_schedule`` adamw only (:class:`.step_rules.StepRule`);
         ``cycle_length`` adamw under one-cycle (:meth:`BilevelSampler._rule`); ``zo_step``,
-        ``zo_step_max`` and ``zo_central`` the forward zeroth-order scheme only. An option set
+        ``zo_step_max`` and ``zo_central`` the forward zeroth-order scheme only; ``gamma_rule`` a
+gamma that grows (``gamma_growth > 1``). An option set
         to the value it has anyway is refused too (it still does nothing in that combination).
         Which task a cell has (oracle or zeroth-order) is not known here and is not judged."""
         acts = {
@@ -631,6 +698,8 @@ class BilevelOptions:
                             "(it acts with optimizer adamw and lr_schedule one-cycle only)")
             elif key in ("zo_step", "zo_step_max", "zo_central") and self.zo_scheme != "forward":
                 yield key, f"with zo_scheme {self.zo_scheme} (it acts with zo_scheme forward only)"
+            elif key == "gamma_rule" and self.gamma_growth == 1:
+                yield key, "with gamma_growth 1 (gamma never grows, so no rule decides when)"
 
     def inert_on(self, task: Any, given: frozenset[str]):
         """Given options that cannot act on ``task`` (the runner refuses one that acts on no

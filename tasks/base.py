@@ -61,7 +61,13 @@ class OracleContext:
     settings the user gave as task options, :attr:`Task.given_options`). ``zo_term``: an
     ablation switch for oracles with a zeroth-order term (``on``; ``off``: the term is
     zero; ``noise``: Gaussian noise of the term's norm); ``penalty_term``: the same switch
-    for the penalty term; other oracles ignore all three."""
+    for the penalty term; other oracles ignore all three.
+
+    The single loop's drift variants (issue 27; :mod:`diffhpo.tasks.single_loop`, set by
+    the bilevel method's options of the same names; other oracles ignore them):
+    ``prox_mu`` the weight of the proximal term ``(mu/2) |y - z|^2`` on y's objective (0:
+    none); ``resync_every`` re-sync ``y <- z`` every K outer iterations (0: never);
+    ``y_step_ratio`` the fraction of the inner steps that y takes (1: all)."""
 
     iteration: int
     gamma: float
@@ -70,6 +76,9 @@ class OracleContext:
     preset: str = "default"
     zo_term: str = "on"
     penalty_term: str = "on"
+    prox_mu: float = 0.0
+    resync_every: int = 0
+    y_step_ratio: float = 1.0
 
 
 @dataclass

@@ -57,6 +57,36 @@ the estimate's norm, :func:`ablated`; the estimate is still computed and recorde
 same ablation of the penalty term (``penalty_term``; recorded as ``penalty_<name>`` and
 ``penalty_used_<name>``).
 
+**Drift variants** (issue 27: on ``mnist-schedule`` ``|y - z|`` grows while gamma grows, so
+the premise ``y - z = O(w/gamma)`` fails). Each is a bilevel method option carried by the
+oracle context (:data:`VARIANTS_OFF`, all off by default; measurement owed, see the README);
+one that is set enters the checkpoints' key:
+
+* ``prox_mu``: y's objective (divided by gamma, as its optimiser sees it) gains the proximal
+  (consensus) term ``(mu/2) |y - z|^2`` with z held fixed, taken after each of y's Adam
+  steps as its proximal operator with z's learning rate (:func:`proximal_step`; the
+  unpreconditioned form of the term; its weight in the undivided objective is
+  ``gamma mu``, so the consensus tightens as gamma grows). To first order the fixed point
+  is ``y - z = -(w/gamma) (P H + mu I)^-1 P grad f~`` (``P`` z's Adam preconditioner, ``H``
+  the Hessian of g): bounded even where ``H`` is singular (flat directions of the weights,
+  the suspected cause of the drift). Source: the proximal-point term (Rockafellar 1976);
+  its use on the penalised iterate here is new. The price: the penalty hypergradient
+  drops the term ``-(gamma mu / w) (y - z)^T dz*/dq`` (it needs second derivatives), a
+  bias that vanishes as ``y - z`` does.
+* ``resync_every`` K: at the start of every K-th outer iteration ``y <- z`` (y's first
+  moments and EMA copied from z's, as at iteration 0) instead of the warm start
+  :func:`rescale_deviation` (:func:`resync_due`). New (a restart of the penalised iterate);
+  the state still comes from checkpoint k-1 alone, so a rerun of k is unchanged.
+* ``y_step_ratio`` r: y takes ``max(1, round(r n))`` of the ``n = bl_inner_steps`` inner
+  steps, spread evenly over them (:func:`y_step_indices`), on z's minibatches of those
+  steps; the cost counts the steps taken. Source: the reference code's iteration, which
+  takes 10 steps on the plain network and 1 on the penalised one per q-update (the note of
+  :data:`PAPER_LOOP`; ``y_step_ratio=0.1`` with 10 inner steps); spreading them is ours.
+
+The fourth variant, gamma growth tied to the measured drift, is the sampler's
+(``bilevel.gamma_rule=drift``, :func:`diffhpo.methods.bilevel.drift_gammas`): the oracle
+only sees the resulting ``gamma``.
+
 Choices where the paper leaves freedom (measured on ``mnist-schedule``; see
 :mod:`.mnist_schedule.bilevel` for the figures):
 
@@ -119,6 +149,8 @@ CKPT_VERSION = 1
 PAPER_LOOP: dict[str, Any] = {"bl_warmup": 2.0 / 3.0, "bl_inner_steps": 10, "bl_zo_directions": 1,
                               "bl_zo_delta": 0.01}
 PAPER_NATURAL_DELTA = "bl_zo_delta"
+#: The drift variants of issue 27 (``OracleContext`` fields, module doc) and their "off" values.
+VARIANTS_OFF: dict[str, Any] = {"prox_mu": 0.0, "resync_every": 0, "y_step_ratio": 1.0}
 
 
 class SingleLoop:
@@ -149,14 +181,16 @@ class SingleLoop:
         n = int(c.search_samples)
         return 3.0 * self.task.train_steps * int(c.batch_size) + n * int(c.sample_steps) + self.task.metric_work * n
 
-    def iteration_work(self, first: bool, c=None) -> dict[str, float]:
-        """Network evaluations of one outer iteration under the loop's settings ``c`` (the task's by default)."""
+    def iteration_work(self, first: bool, c=None, y_step_ratio: float = 1.0) -> dict[str, float]:
+        """Network evaluations of one outer iteration under the loop's settings ``c`` (the
+        task's by default), y taking ``y_step_ratio`` of the inner steps (:func:`y_step_indices`)."""
         c = self.task.config if c is None else c
         b, steps = int(c.batch_size), int(c.sample_steps)
+        n_y = len(y_step_indices(int(c.bl_inner_steps), y_step_ratio))
         metric = float(self.task.metric_work)
         work = {
             "warmup": 3.0 * (self.warmup_steps(c) * b + int(c.bl_qgrad_batch)) if first else 0.0,
-            "inner": 2 * 3.0 * int(c.bl_inner_steps) * b,
+            "inner": 3.0 * (int(c.bl_inner_steps) + n_y) * b,
             "upper": 3.0 * int(c.bl_upper_batch) * (steps + metric),
             "qgrad": 2 * 3.0 * int(c.bl_qgrad_batch),
             "zo": 2 * int(c.bl_zo_directions) * int(c.bl_zo_samples) * (steps + metric),
@@ -184,6 +218,9 @@ class SingleLoop:
         loop = {"preset": context.preset, "zo_term": context.zo_term}
         if context.penalty_term != "on":  # so that checkpoints written before this switch keep their keys
             loop["penalty_term"] = context.penalty_term
+        for name, off in VARIANTS_OFF.items():  # the drift variants likewise, only when set
+            if getattr(context, name) != off:
+                loop[name] = getattr(context, name)
         blob = json.dumps({"config": cfg, "seed": int(seed), "version": CKPT_VERSION, "loop": loop}, sort_keys=True,
                           default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -303,8 +340,13 @@ class SingleLoop:
         else:
             prev = self._load(folder, k - 1, key)
             st = self._restore(prev)
-            rescale_deviation(st["y"], st["z"], float(prev["gamma"]) / gamma)
+            if resync_due(k, int(context.resync_every)):
+                st["y"], st["m_y"], st["ema_y"] = self._clone(st["z"], st["opt_z"], st["ema_z"])
+            else:
+                rescale_deviation(st["y"], st["z"], float(prev["gamma"]) / gamma)
         y, z = st["y"], st["z"]
+        mu = float(context.prox_mu)
+        y_steps = set(y_step_indices(int(cfg.bl_inner_steps), float(context.y_step_ratio)))
 
         # 2. y's upper-level surrogate gradient (once per iteration), then the inner steps
         y.train()
@@ -318,20 +360,23 @@ class SingleLoop:
         w = float(st["upper_weight"])
         g_upper = [(p.grad.detach() * (w / gamma)) if p.grad is not None else None for p in y.parameters()]
         losses_y, losses_z = [], []
-        for _ in range(int(cfg.bl_inner_steps)):
+        for i in range(int(cfg.bl_inner_steps)):
             x0, t, eps = stream.batch(st["step"])
             loss_z = tr.denoising_loss(z, x0, t, eps, ab)
             st["opt_z"].zero_grad(set_to_none=True)
             loss_z.backward()
             clip = tr.clip_coefficient(z, spec)
             tr.apply_step(z, st["opt_z"], spec, st["step"], st["ema_z"])
-            y.zero_grad(set_to_none=True)
-            loss_y = tr.denoising_loss(y, x0, t, eps, ab)
-            loss_y.backward()
-            shared_adam_step(y, st["m_y"], z, st["opt_z"], g_upper, clip, spec, st["step"])
-            if st["ema_y"] is not None:
-                st["ema_y"].update(y)
-            losses_y.append(loss_y.item())
+            if i in y_steps:
+                y.zero_grad(set_to_none=True)
+                loss_y = tr.denoising_loss(y, x0, t, eps, ab)
+                loss_y.backward()
+                shared_adam_step(y, st["m_y"], z, st["opt_z"], g_upper, clip, spec, st["step"])
+                if mu > 0:
+                    proximal_step(y, z, mu, float(st["opt_z"].param_groups[0]["lr"]))
+                if st["ema_y"] is not None:
+                    st["ema_y"].update(y)
+                losses_y.append(loss_y.item())
             losses_z.append(loss_z.item())
             st["step"] += 1
 
@@ -373,7 +418,7 @@ class SingleLoop:
         }
         self._save(folder, k, state)
         grad = torch.tensor(zo_used + penalty_used, dtype=torch.float64)
-        work = self.iteration_work(k == 0, cfg)
+        work = self.iteration_work(k == 0, cfg, float(context.y_step_ratio))
         cost = sum(work.values()) / self.unit_work()
         with torch.no_grad():
             yz = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(y.parameters(), z.parameters()))))
@@ -382,8 +427,13 @@ class SingleLoop:
             "loss_y": float(np.mean(losses_y)) if losses_y else float("nan"),
             "loss_z": float(np.mean(losses_z)) if losses_z else float("nan"),
             "yz_distance": yz, "train_step": float(st["step"]), "upper_weight": w,
-            "next_iteration_cost": sum(self.iteration_work(False, cfg).values()) / self.unit_work(),
+            "next_iteration_cost": sum(self.iteration_work(False, cfg, float(context.y_step_ratio)).values())
+            / self.unit_work(),
         }
+        if context.resync_every:
+            info["resynced"] = float(k > 0 and resync_due(k, int(context.resync_every)))
+        if context.y_step_ratio != 1.0:
+            info["y_steps"] = float(len(y_steps))
         for i, n in enumerate(names):
             info[f"zo_{n}"] = float(zo[i])
             info[f"penalty_{n}"] = float(penalty[i])
@@ -415,6 +465,36 @@ def shared_adam_step(y, m_y, z, opt_z, g_upper, clip: float, spec: tr.OptimSpec,
         n = float(state["step"])
         v_hat = state["exp_avg_sq"] / (1 - b2**n)
         py.sub_(lr * (m / (1 - b1**n)) / (v_hat.sqrt() + eps))
+
+
+@torch.no_grad()
+def proximal_step(y, z, mu: float, lr: float) -> None:
+    """The proximal (consensus) term ``(mu/2) |y - z|^2`` of the ``prox_mu`` variant (module
+    doc), taken as its proximal operator with step ``lr`` after y's Adam step:
+    ``y <- z + (y - z) / (1 + lr mu)``, the implicit step ``y+ = y - lr grad_y (mu/2)|y+ - z|^2``
+    (z held fixed). Why implicit and outside the preconditioner: the gradient ``mu (y - z)``
+    added before Adam would be divided by ``sqrt(v_z)``, smallest in the flat directions of
+    the weights where the drift happens, and overshoot there for a large ``mu``; the
+    implicit step shrinks every coordinate of ``y - z`` by the same factor, for any ``mu``
+    (as AdamW decouples its weight decay; Loshchilov & Hutter 2019, towards z instead of 0)."""
+    shrink = 1.0 / (1.0 + lr * mu)
+    for py, pz in zip(y.parameters(), z.parameters()):
+        py.copy_(pz + shrink * (py - pz))
+
+
+def resync_due(k: int, every: int) -> bool:
+    """Whether outer iteration ``k`` starts with the re-sync ``y <- z`` (``resync_every``
+    variant): every ``every``-th iteration, never iteration 0 (y is a copy of z there anyway)."""
+    return every > 0 and k > 0 and k % every == 0
+
+
+def y_step_indices(n_inner: int, ratio: float) -> list[int]:
+    """The inner steps (0-based) on which ``y`` steps, under the ``y_step_ratio`` variant:
+    ``n_y = max(1, round(ratio * n_inner))`` of them, spread evenly (``floor(j n_inner / n_y)``),
+    so that y's steps sample the whole of z's path through the iteration and not its start
+    alone; ratio 1 gives every step."""
+    n_y = min(n_inner, max(1, int(round(ratio * n_inner))))
+    return [j * n_inner // n_y for j in range(n_y)]
 
 
 @torch.no_grad()
