@@ -366,7 +366,7 @@ def _text(value) -> str:
               help="Folder of the default storage (sqlite:///OUT/diffhpo.sqlite3).")
 @click.option("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/diffhpo.sqlite3).")
 @click.option("--shard", default="0/1", show_default=True, metavar="I/N",
-              help="Evaluate the plan entries i with i %% N == I (N workers or machines on one server storage).")
+              help="Evaluate the plan entries i with i mod N = I (N workers or machines on one server storage).")
 @click.option("--export-every", type=int, default=25, show_default=True,
               help="Rewrite the table after this many evaluations (and at the end).")
 @click.option("--dry-run", is_flag=True, help="Check everything and print the plan's size; evaluate nothing.")

@@ -189,7 +189,7 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         # refused rerun leaves the storage as it was.
         for task, method_name, method, seed in planned:
             name, attrs = _described(task, method_name, method, seed, spec.budget, spec.time_budget,
-                                     spec.method_options.get(method_name, {}))
+                                     spec.method_options.get(method_name, {}), spec.simulate_workers)
             _check_stored(name, _stored_attrs(storage, name), attrs)
         cells = [prepare_cell(storage, task, method_name, method, seed, budget=spec.budget,
                               time_budget=spec.time_budget, method_options=spec.method_options.get(method_name, {}),
@@ -333,13 +333,17 @@ def _cell_attrs(task: Task, method_name: str, seed: int, budget: float, time_bud
 
 
 def _described(task: Task, method_name: str, method: Method, seed: int, budget: float | None,
-               time_budget: float | None, method_options: Mapping[str, str] | None) -> tuple[str, dict[str, Any]]:
-    """The cell's study name and the description it is stored with (:func:`_cell_attrs`)."""
+               time_budget: float | None, method_options: Mapping[str, str] | None,
+               simulate_workers: int | None = None) -> tuple[str, dict[str, Any]]:
+    """The cell's study name and the description it is stored with (:func:`_cell_attrs`;
+    ``simulated_workers`` where the cell runs on simulated workers)."""
     budget = float(budget if budget is not None else task.budget)
     options = checked_method_options(method_name, method, method_options or {})
     settings = resolved_method_settings(method_name, method, method_options or {})
-    return (st.study_name(task.name, method_name, task.profile, seed),
-            _cell_attrs(task, method_name, seed, budget, time_budget, options, settings))
+    attrs = _cell_attrs(task, method_name, seed, budget, time_budget, options, settings)
+    if simulate_workers is not None:
+        attrs["simulated_workers"] = int(simulate_workers)
+    return st.study_name(task.name, method_name, task.profile, seed), attrs
 
 
 def _stored_attrs(storage: BaseStorage, name: str) -> dict[str, Any]:
@@ -429,7 +433,7 @@ def prepare_cell(
     written to it; :func:`run_matrix` checks every cell so before it creates the first."""
     budget = float(budget if budget is not None else task.budget)
     options = checked_method_options(method_name, method, method_options or {})
-    name, attrs = _described(task, method_name, method, seed, budget, time_budget, method_options)
+    name, attrs = _described(task, method_name, method, seed, budget, time_budget, method_options, simulate_workers)
     _check_stored(name, _stored_attrs(storage, name), attrs)
     space = task.search_space_for(method.space)
     if space is None:
@@ -442,8 +446,6 @@ def prepare_cell(
     pruner = CountedTrialsPruner(method.make_pruner(ctx)) if method.make_pruner is not None else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=name, direction=task.primary.direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
-    if simulate_workers is not None:
-        attrs["simulated_workers"] = int(simulate_workers)
     old = study.user_attrs
     if old.get(st.CELL_MARK):
         if study.user_attrs.get("status") == "done" and (old.get("budget") != attrs["budget"]
