@@ -158,32 +158,58 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
 
 
 @cli.command()
-@click.option("--storage", required=True, help="Optuna storage URL holding the cell (journal:///FILE, postgresql://...).")
-@click.option("--study", "study_name", required=True,
-              help="The cell's study name, {task}.{method}.{profile}.seed{seed} (see `diffhpo run`).")
+@click.option("--storage", required=True,
+              help="Optuna storage URL holding the cells (journal:///FILE, postgresql://..., grpc://HOST:PORT).")
+@click.option("--study", "study_name", default=None,
+              help="Serve only this cell, {task}.{method}.{profile}.seed{seed} (see `diffhpo run`); "
+                   "default: every unfinished cell of the matrix stored there, one after another.")
+@click.option("--task", "-t", "task_list", default=None, help="Matrix worker: only the cells of these tasks (comma-separated).")
+@click.option("--method", "-m", "method_list", default=None, help="Matrix worker: only the cells of these methods.")
+@click.option("--profile", "-p", "profile_list", default=None, help="Matrix worker: only the cells of these profiles.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Folder for task checkpoints (default: none; single-loop tasks keep state there).")
 @click.option("--heartbeat", type=float, default=None, help="Heartbeat seconds on PostgreSQL/MySQL (default 10).")
 @click.option("--no-final", is_flag=True, help="Leave the final protocol to the process that started the run.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
-    """Join an existing cell and share its budget with every other worker.
+def worker(storage, study_name, task_list, method_list, profile_list, workdir, heartbeat, no_final, no_progress):
+    """Join existing cells and share their budgets with every other worker.
 
-    Start any number of these, on any machines that reach the storage; the cell must exist
-    (create it with `diffhpo run --storage URL ...`, which also works on it). Trials are
-    never counted twice and the budget is never exceeded beyond the trials already running.
+    Start any number of these, on any machines that reach the storage; the cells must exist
+    (create them with `diffhpo run --storage URL ... [--create-only]`). With --study the
+    worker serves that cell; without it, it is a matrix worker: it takes an unfinished cell
+    (sequential bilevel cells first, then the one with the most remaining budget), stays on
+    it until its budget is spent, runs its final protocol unless another process does, and
+    takes the next; it exits 0 once no unfinished cell is left. Trials are never counted
+    twice and the budget is never exceeded beyond the trials already running.
     """
     import math
 
-    from .bench.runner import join_cell
+    from .bench.registry import TASKS
+    from .bench.runner import join_cell, join_matrix
+    from .methods import METHODS
 
     _quiet_libraries()
     if heartbeat is not None and not (math.isfinite(heartbeat) and heartbeat > 0):
         raise DiffhpoError(f"--heartbeat must be a positive finite number, got {heartbeat:g}")
-    outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
-                        workdir=workdir, heartbeat=heartbeat)
-    click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
-    if outcome.status.startswith("failed"):
+    if study_name is not None:
+        given = [f for f, v in (("--task", task_list), ("--method", method_list), ("--profile", profile_list)) if v]
+        if given:
+            raise DiffhpoError(f"--study names one cell; {', '.join(given)} select cells of a matrix worker: "
+                               "give --study or the filters, not both")
+        outcomes = [join_cell(storage, study_name, final=not no_final, progress=not no_progress,
+                              workdir=workdir, heartbeat=heartbeat)]
+        for outcome in outcomes:
+            click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})",
+                       err=True)
+    else:
+        tasks = _split(task_list, "task", TASKS.names()) if task_list is not None else None
+        methods = _split(method_list, "method", METHODS.names()) if method_list is not None else None
+        profiles = _split(profile_list, "profile", list(PROFILES)) if profile_list is not None else None
+        outcomes = join_matrix(storage, tasks=tasks, methods=methods, profiles=profiles, final=not no_final,
+                               progress=not no_progress, workdir=workdir, heartbeat=heartbeat,
+                               log=lambda line: click.echo(line, err=True))
+        click.echo(f"worker: no unfinished cell left ({len(outcomes)} cell(s) served by this worker)", err=True)
+    if any(o.status.startswith("failed") for o in outcomes):
         sys.exit(1)
 
 

@@ -319,6 +319,12 @@ def _sqlite_connector(path: str):
     return connect
 
 
-def cell_studies(storage: BaseStorage) -> list[optuna.study.StudySummary]:
-    """Every diffhpo cell study in the storage, as frozen studies."""
-    return [s for s in storage.get_all_studies() if s.user_attrs.get(CELL_MARK)]
+def cell_studies(storage: BaseStorage, *, tasks=None, methods=None,
+                 profiles=None) -> list[optuna.study.StudySummary]:
+    """Every diffhpo cell study in the storage, as frozen studies; with ``tasks``,
+    ``methods`` or ``profiles`` (collections of names), only the cells among them."""
+    def keep(a: dict) -> bool:
+        return all(want is None or a.get(key) in want
+                   for key, want in (("task", tasks), ("method", methods), ("profile", profiles)))
+
+    return [s for s in storage.get_all_studies() if s.user_attrs.get(CELL_MARK) and keep(s.user_attrs)]
