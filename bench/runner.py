@@ -54,7 +54,7 @@ from . import hooks, workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import POLL_S, Cell, CountedTrialsPruner, EnvironmentStop, ledger, search, search_over
+from .search import POLL_S, Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 from .simulate import check_simulate, search_simulated
 
@@ -462,6 +462,7 @@ def finish_cell(cell: Cell, led) -> CellOutcome:
         if study._storage.get_study_user_attrs(study._study_id).get("status") == "done":
             return CellOutcome(study.study_name, "done (skipped)", led.spent, n)
         try:
+            fresh(study)  # the trials as stored now, not as this worker saw them when it joined
             _final_protocol(cell)
         except (KeyboardInterrupt, DiffhpoError):
             raise

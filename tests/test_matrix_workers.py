@@ -135,3 +135,28 @@ def test_postgres_matrix_workers_finish_every_cell_like_one_process(pg_url, tmp_
     create(pg_url, tmp_path)
     errs = wait_all(start_workers(pg_url, 4, "--heartbeat", "1"))
     check_matrix(pg_url, one_process, errs)
+
+
+def test_final_protocol_sees_the_trials_other_workers_added(tmp_path):
+    """A worker that joined a bilevel cell and waited (its sampler's ``ready`` filled the
+    study's cache of trials) while another process ran the whole search must choose the last
+    iterate of the stored trajectory, not of the trials it saw when it joined."""
+    from diffhpo.bench.runner import finish_cell, prepare_cell
+    from diffhpo.bench.registry import TASKS
+    from diffhpo.bench.search import ledger, search
+    from diffhpo.methods import METHODS
+
+    url = f"journal://{tmp_path / 'journal.log'}"
+    storage = st.open_storage(url)
+    task = TASKS.get("quadratic")("smoke")
+    waiter = prepare_cell(storage, task, "bilevel", METHODS.get("bilevel"), 0)
+    assert waiter.sampler.ready(waiter.study)  # fills the waiter's cache: no trial yet
+    other = prepare_cell(st.open_storage(url), task, "bilevel", METHODS.get("bilevel"), 0)
+    search(other, exclusive=False, progress=False)  # the whole budget, by the other process
+    led = search(waiter, exclusive=False, progress=False)  # over at once
+    assert finish_cell(waiter, led).status == "done"
+    expected = other.sampler.current_params(optuna.load_study(study_name=other.study.study_name,
+                                                              storage=st.open_storage(url)))
+    assert waiter.study.user_attrs["final_params"] == pytest.approx(expected)
+    assert expected != pytest.approx({k: 1.0 for k in expected})  # the trajectory moved from its start
+    assert ledger(waiter.study.get_trials()).spent == 12
