@@ -213,6 +213,34 @@ def worker(storage, study_name, task_list, method_list, profile_list, workdir, h
         sys.exit(1)
 
 
+@cli.command(name="storage-proxy")
+@click.option("--storage", required=True,
+              help="The database to serve: postgresql://..., mysql://... (or sqlite:///FILE, then used by the proxy alone).")
+@click.option("--port", required=True, type=int, help="TCP port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the proxy has no authentication).")
+@click.option("--threads", default=10, show_default=True, type=int, help="Threads of the server (Optuna's default).")
+def storage_proxy(storage, port, host, threads):
+    """Serve one storage to many workers through Optuna's gRPC proxy.
+
+    Workers and `diffhpo run` then use `--storage grpc://HOST:PORT`: they hold one gRPC
+    channel each instead of their own database connections. Runs until Ctrl-C or SIGTERM.
+    """
+    from .bench import storage as st
+
+    _quiet_libraries()
+    url = f"grpc://{host}:{port}" if ":" not in host else f"grpc://[{host}]:{port}"
+
+    def ready() -> None:
+        click.echo(f"storage-proxy: serving {st.shown(storage)} at {url} (Ctrl-C stops)", err=True)
+
+    try:
+        with st.storage_errors(storage):
+            st.serve_proxy(storage, host, port, threads=threads, on_ready=ready)
+    except KeyboardInterrupt:
+        click.echo("storage-proxy: stopped", err=True)
+
+
 @cli.command()
 @click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
               help="Folder to write the tables and plots into (and of the default storage).")

@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from ..methods import METHODS
@@ -54,7 +55,7 @@ from . import hooks, workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import POLL_S, Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
+from .search import Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 from .simulate import check_simulate, search_simulated
 
@@ -512,8 +513,9 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
     cell once: whatever it found there (done, searched with the final protocol claimed by
     another process, failed), it does not come back, so a failed cell or a final protocol
     held by a process on another host never keeps it looping. It returns once every
-    matching cell is done or visited, and waits (polling) while the only unfinished cells
-    are full (every slot of their budget taken by running trials of other workers).
+    matching cell is done or visited, and waits (looking again each ``WAIT_S``) while the
+    only unfinished cells are full (every slot of their budget taken by running trials of
+    other workers); while waiting it fails and retries their cut-off trials (:func:`_sweep`).
 
     A matching set with no cell at all is refused before any work (one ``error:`` line)."""
     with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
@@ -530,12 +532,31 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
             if name is None:
                 if not left:
                     return outcomes
-                time.sleep(POLL_S)  # every unfinished cell is full: its last trials run elsewhere
+                _sweep(storage, visited, filters)
+                time.sleep(WAIT_S)  # every unfinished cell is full: its last trials run elsewhere
                 continue
             visited.add(name)
             outcome = _join_cell(storage, url, name, final=final, progress=progress, workdir=workdir)
             log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
             outcomes.append(outcome)
+
+
+WAIT_S = 1.0  # a matrix worker with no open cell looks again after this long
+
+
+def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any]) -> None:
+    """Fail (and retry) the cut-off trials of the unfinished cells, as a worker searching them
+    would: stale heartbeats, processes of this host that are gone
+    (:func:`workers.fail_orphans`). A cell whose last trials were cut off has no room and
+    no worker, so without this sweep the waiting matrix workers would wait for it forever."""
+    for summary in st.cell_studies(storage, **filters):
+        if summary.study_name in visited or summary.user_attrs.get("status") == "done":
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage,
+                                  sampler=optuna.samplers.RandomSampler())
+        if is_heartbeat_enabled(storage):
+            optuna.storages.fail_stale_trials(study)
+        workers.fail_orphans(study, exclusive=False)
 
 
 def next_cell(storage: BaseStorage, visited: set[str] = frozenset(), **filters) -> tuple[str | None, int]:
