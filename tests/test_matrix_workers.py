@@ -160,3 +160,27 @@ def test_final_protocol_sees_the_trials_other_workers_added(tmp_path):
     assert waiter.study.user_attrs["final_params"] == pytest.approx(expected)
     assert expected != pytest.approx({k: 1.0 for k in expected})  # the trajectory moved from its start
     assert ledger(waiter.study.get_trials()).spent == 12
+
+
+def test_waiting_workers_retry_a_cut_off_last_trial(tmp_path):
+    """The cell's last slot is held by a trial whose process is gone: no room, no worker on it.
+    A matrix worker must fail and retry that trial (it waits for full cells, sweeping them)
+    instead of waiting for it forever."""
+    from diffhpo.bench import workers
+
+    url = f"journal://{tmp_path / 'journal.log'}"
+    run_matrix(RunSpec(out=tmp_path, storage=url, create_only=True, budget=1, tasks=["quadratic"], methods=["random"],
+                       seeds=[0], profile="smoke", progress=False), log=lambda s: None)
+    study = optuna.load_study(study_name="quadratic.random.smoke.seed0", storage=st.open_storage(url))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask()
+    study._storage.set_trial_user_attr(trial._trial_id, workers.WORKER_KEY, f"{workers.HOST}:{gone.pid}")
+    assert next_cell(st.open_storage(url)) == (None, 1)  # full: its one slot is taken
+    p = subprocess.run([*DIFFHPO, "worker", "--storage", url, "--no-progress"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    trials = optuna.load_study(study_name=study.study_name, storage=st.open_storage(url)).trials
+    assert trials[0].state == TrialState.FAIL and "process is gone" in trials[0].user_attrs["fail_reason"]
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0
