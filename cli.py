@@ -90,7 +90,7 @@ def cli():
 @click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder: storage (SQLite by default), tables, plots.")
 @click.option("--storage", default=None,
-              help="Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE); "
+              help="Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE, grpc://HOST:PORT); "
                    "default: sqlite:///OUT/diffhpo.sqlite3.")
 @click.option("--budget", type=float, default=None,
               help="Budget per cell in the task's cost unit (default: the task's, per profile).")
