@@ -109,10 +109,19 @@ def cli():
                    "model only; --time-budget is then in simulated seconds). See bench/simulate.py.")
 @click.option("--create-only", is_flag=True,
               help="Create the cells' studies and exit (then start `diffhpo worker`s on any machine).")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default=None,
+              help="Create the cells, then run --workers N matrix workers as one submitit job array "
+                   "(local processes, or Slurm jobs), wait for them and write the report.")
+@click.option("--slurm-partition", default=None, help="--launcher slurm: the partition.")
+@click.option("--gpus-per-worker", type=int, default=None, help="--launcher slurm: GPUs per worker job.")
+@click.option("--time", "time_min", type=int, default=None, help="--launcher: time limit per worker job, minutes.")
+@click.option("--slurm-option", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="--launcher slurm: another sbatch option (repeatable), e.g. --slurm-option account=lab.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
 def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
-        task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, no_progress, no_report):
+        task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, launcher,
+        slurm_partition, gpus_per_worker, time_min, slurm_options, no_progress, no_report):
     """Run (or resume) the benchmark matrix tasks x methods x seeds.
 
     Each cell is one Optuna study in one storage; every method of a cell gets the same
@@ -125,6 +134,17 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     from .methods import METHODS
 
     _quiet_libraries()
+    slurm = _key_values(slurm_options, "--slurm-option")
+    if launcher is not None:
+        from .bench.launch import check_launcher
+
+        if create_only or simulate_workers is not None:
+            raise DiffhpoError("--launcher runs the matrix on its workers: not with "
+                               + ("--create-only" if create_only else "--simulate-workers"))
+        check_launcher(launcher, storage, n_workers, partition=slurm_partition, time_min=time_min,
+                       gpus=gpus_per_worker)
+    elif slurm_partition is not None or gpus_per_worker is not None or time_min is not None or slurm:
+        raise DiffhpoError("--slurm-partition, --gpus-per-worker, --time and --slurm-option need --launcher")
     if seeds is not None and seeds < 1:
         raise DiffhpoError(f"--seeds must be at least 1, got {seeds}")
     offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
@@ -140,12 +160,31 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         tasks=tasks, methods=methods, seeds=list(range(seed_start, seed_start + seeds)) if seeds is not None else None,
         seed_start=seed_start, profile=profile, out=out, storage=storage, budget=budget, time_budget=time_budget,
         task_options=_key_values(task_options, "--option"), method_options=per_method,
-        progress=not no_progress, workers=n_workers, heartbeat=heartbeat, create_only=create_only,
-        simulate_workers=simulate_workers,
+        progress=not no_progress, workers=1 if launcher else n_workers, heartbeat=heartbeat,
+        create_only=create_only or launcher is not None, simulate_workers=simulate_workers,
     )
     check_spec(spec)  # every value, and every task's data and weights, before the first line of work
     built = build_tasks(spec)
     outcomes = run_matrix(spec, log=lambda line: click.echo(line, err=True), tasks=built)
+    if launcher is not None:
+        from .bench import launch as la
+
+        jobs = la.launch(launcher, storage, n_workers, Path(out) / "launch", partition=slurm_partition,
+                         time_min=time_min, gpus=gpus_per_worker, options=slurm, heartbeat=heartbeat)
+        click.echo(f"launcher {launcher}: {len(jobs)} matrix worker job(s) submitted "
+                   f"({', '.join(str(j.job_id) for j in jobs[:8])}{', ...' if len(jobs) > 8 else ''}); "
+                   f"logs in {Path(out) / 'launch'}", err=True)
+        errors = la.wait(jobs, log=lambda line: click.echo(line, err=True))
+        del jobs  # submitit's LocalJob.__del__ fails at interpreter exit: collect the jobs now
+        import gc
+
+        gc.collect()
+        create_only = False
+        if errors:
+            click.echo("error: " + "; ".join(errors[:5]), err=True)
+            if not no_report:
+                _report(out, storage, brief=True)
+            sys.exit(1)
     if not no_report and not create_only:
         _report(out, storage, brief=True)
         if (Path(out) / "report.html").exists():

@@ -184,3 +184,42 @@ def test_waiting_workers_retry_a_cut_off_last_trial(tmp_path):
     assert trials[0].state == TrialState.FAIL and "process is gone" in trials[0].user_attrs["fail_reason"]
     assert [t.state for t in trials[1:]] == [TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0
+
+
+# -- launchers (submitit) ------------------------------------------------------------------------
+
+def test_local_launcher_runs_the_matrix_like_one_process(tmp_path, one_process):
+    pytest.importorskip("submitit", reason="--launcher needs submitit (a dependency: pip install -e .)")
+    url = f"journal://{tmp_path / 'journal.log'}"
+    args = [*DIFFHPO, "run", "--task", "quadratic", "--method", ",".join(METHODS), "--profile", "smoke", "--seeds", "2",
+            "--option", "sleep_s=0.05", "--storage", url, "--out", str(tmp_path), "--launcher", "local",
+            "--workers", "3", "--no-progress"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "3 matrix worker job(s) submitted" in p.stderr and (tmp_path / "summary.csv").exists()
+    logs = [f.read_text() for f in (tmp_path / "launch").glob("*_log.out")]
+    assert len(logs) == 3
+    check_matrix(url, one_process, logs)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--launcher", "local", "--workers", "2"], "SQLite serves one process"),
+    (["--launcher", "slurm", "--storage", "journal:///{tmp}/j.log"], "sbatch"),
+    (["--slurm-partition", "gpu"], "need --launcher"),
+    (["--launcher", "local", "--storage", "journal:///{tmp}/j.log", "--create-only"], "not with --create-only"),
+])
+def test_launcher_bad_input(tmp_path, args, needle):
+    if "slurm" in args:
+        import shutil
+
+        if shutil.which("sbatch"):
+            pytest.skip("sbatch is installed here: the missing-sbatch refusal cannot be shown")
+        pytest.importorskip("submitit", reason="--launcher needs submitit")
+    out = tmp_path / "out"
+    cmd = [*DIFFHPO, "run", "--task", "quadratic", "--profile", "smoke", "--out", str(out),
+           *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], p.stderr
+    assert not out.exists() and not (tmp_path / "j.log").exists()
