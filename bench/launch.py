@@ -48,8 +48,9 @@ def check_launcher(launcher: str, url: str | None, n_workers: int, *, partition:
     except ImportError:
         raise DiffhpoError("--launcher needs submitit: pip install submitit") from None
     if launcher == "slurm":
-        if shutil.which("sbatch") is None:
-            raise DiffhpoError("--launcher slurm needs Slurm's sbatch, which is not on PATH; nothing submitted")
+        missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]  # submitit needs both
+        if missing:
+            raise DiffhpoError(f"--launcher slurm needs Slurm's {' and '.join(missing)}, not on PATH; nothing submitted")
         if partition is not None:
             import subprocess
 
