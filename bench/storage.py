@@ -263,9 +263,12 @@ def storage_errors(url: str) -> Iterator[None]:
 
     kinds: tuple = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
     if url.startswith("grpc://"):
-        import grpc
-
-        kinds += (grpc.RpcError,)  # the proxy stopped or lost its database
+        try:
+            import grpc
+        except ImportError:  # opening the storage says what to install
+            pass
+        else:
+            kinds += (grpc.RpcError,)  # the proxy stopped or lost its database
     try:
         yield
     except kinds as exc:
