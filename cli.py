@@ -90,7 +90,7 @@ def cli():
 @click.option("--out", "-o", "out", default="results", show_default=True, type=click.Path(path_type=Path),
               help="Output folder: storage (SQLite by default), tables, plots.")
 @click.option("--storage", default=None,
-              help="Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE); "
+              help="Optuna storage URL (sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE, grpc://HOST:PORT); "
                    "default: sqlite:///OUT/diffhpo.sqlite3.")
 @click.option("--budget", type=float, default=None,
               help="Budget per cell in the task's cost unit (default: the task's, per profile).")
@@ -109,10 +109,19 @@ def cli():
                    "model only; --time-budget is then in simulated seconds). See bench/simulate.py.")
 @click.option("--create-only", is_flag=True,
               help="Create the cells' studies and exit (then start `diffhpo worker`s on any machine).")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default=None,
+              help="Create the cells, then run --workers N matrix workers as one submitit job array "
+                   "(local processes, or Slurm jobs), wait for them and write the report.")
+@click.option("--slurm-partition", default=None, help="--launcher slurm: the partition.")
+@click.option("--gpus-per-worker", type=int, default=None, help="--launcher slurm: GPUs per worker job.")
+@click.option("--time", "time_min", type=int, default=None, help="--launcher: time limit per worker job, minutes.")
+@click.option("--slurm-option", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="--launcher slurm: another sbatch option (repeatable), e.g. --slurm-option account=lab.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
 def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
-        task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, no_progress, no_report):
+        task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, launcher,
+        slurm_partition, gpus_per_worker, time_min, slurm_options, no_progress, no_report):
     """Run (or resume) the benchmark matrix tasks x methods x seeds.
 
     Each cell is one Optuna study in one storage; every method of a cell gets the same
@@ -125,6 +134,17 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     from .methods import METHODS
 
     _quiet_libraries()
+    slurm = _key_values(slurm_options, "--slurm-option")
+    if launcher is not None:
+        from .bench.launch import check_launcher
+
+        if create_only or simulate_workers is not None:
+            raise DiffhpoError("--launcher runs the matrix on its workers: not with "
+                               + ("--create-only" if create_only else "--simulate-workers"))
+        check_launcher(launcher, storage, n_workers, partition=slurm_partition, time_min=time_min,
+                       gpus=gpus_per_worker)
+    elif slurm_partition is not None or gpus_per_worker is not None or time_min is not None or slurm:
+        raise DiffhpoError("--slurm-partition, --gpus-per-worker, --time and --slurm-option need --launcher")
     if seeds is not None and seeds < 1:
         raise DiffhpoError(f"--seeds must be at least 1, got {seeds}")
     offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
@@ -140,12 +160,31 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         tasks=tasks, methods=methods, seeds=list(range(seed_start, seed_start + seeds)) if seeds is not None else None,
         seed_start=seed_start, profile=profile, out=out, storage=storage, budget=budget, time_budget=time_budget,
         task_options=_key_values(task_options, "--option"), method_options=per_method,
-        progress=not no_progress, workers=n_workers, heartbeat=heartbeat, create_only=create_only,
-        simulate_workers=simulate_workers,
+        progress=not no_progress, workers=1 if launcher else n_workers, heartbeat=heartbeat,
+        create_only=create_only or launcher is not None, simulate_workers=simulate_workers,
     )
     check_spec(spec)  # every value, and every task's data and weights, before the first line of work
     built = build_tasks(spec)
     outcomes = run_matrix(spec, log=lambda line: click.echo(line, err=True), tasks=built)
+    if launcher is not None:
+        from .bench import launch as la
+
+        jobs = la.launch(launcher, storage, n_workers, Path(out) / "launch", partition=slurm_partition,
+                         time_min=time_min, gpus=gpus_per_worker, options=slurm, heartbeat=heartbeat)
+        click.echo(f"launcher {launcher}: {len(jobs)} matrix worker job(s) submitted "
+                   f"({', '.join(str(j.job_id) for j in jobs[:8])}{', ...' if len(jobs) > 8 else ''}); "
+                   f"logs in {Path(out) / 'launch'}", err=True)
+        errors = la.wait(jobs, log=lambda line: click.echo(line, err=True))
+        del jobs  # submitit's LocalJob.__del__ fails at interpreter exit: collect the jobs now
+        import gc
+
+        gc.collect()
+        create_only = False
+        if errors:
+            click.echo("error: " + "; ".join(errors[:5]), err=True)
+            if not no_report:
+                _report(out, storage, brief=True)
+            sys.exit(1)
     if not no_report and not create_only:
         _report(out, storage, brief=True)
         if (Path(out) / "report.html").exists():
@@ -158,33 +197,87 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
 
 
 @cli.command()
-@click.option("--storage", required=True, help="Optuna storage URL holding the cell (journal:///FILE, postgresql://...).")
-@click.option("--study", "study_name", required=True,
-              help="The cell's study name, {task}.{method}.{profile}.seed{seed} (see `diffhpo run`).")
+@click.option("--storage", required=True,
+              help="Optuna storage URL holding the cells (journal:///FILE, postgresql://..., grpc://HOST:PORT).")
+@click.option("--study", "study_name", default=None,
+              help="Serve only this cell, {task}.{method}.{profile}.seed{seed} (see `diffhpo run`); "
+                   "default: every unfinished cell of the matrix stored there, one after another.")
+@click.option("--task", "-t", "task_list", default=None, help="Matrix worker: only the cells of these tasks (comma-separated).")
+@click.option("--method", "-m", "method_list", default=None, help="Matrix worker: only the cells of these methods.")
+@click.option("--profile", "-p", "profile_list", default=None, help="Matrix worker: only the cells of these profiles.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Folder for task checkpoints (default: none; single-loop tasks keep state there).")
 @click.option("--heartbeat", type=float, default=None, help="Heartbeat seconds on PostgreSQL/MySQL (default 10).")
 @click.option("--no-final", is_flag=True, help="Leave the final protocol to the process that started the run.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def worker(storage, study_name, workdir, heartbeat, no_final, no_progress):
-    """Join an existing cell and share its budget with every other worker.
+def worker(storage, study_name, task_list, method_list, profile_list, workdir, heartbeat, no_final, no_progress):
+    """Join existing cells and share their budgets with every other worker.
 
-    Start any number of these, on any machines that reach the storage; the cell must exist
-    (create it with `diffhpo run --storage URL ...`, which also works on it). Trials are
-    never counted twice and the budget is never exceeded beyond the trials already running.
+    Start any number of these, on any machines that reach the storage; the cells must exist
+    (create them with `diffhpo run --storage URL ... [--create-only]`). With --study the
+    worker serves that cell; without it, it is a matrix worker: it takes an unfinished cell
+    (sequential bilevel cells first, then the one with the most remaining budget), stays on
+    it until its budget is spent, runs its final protocol unless another process does, and
+    takes the next; it exits 0 once no unfinished cell is left. Trials are never counted
+    twice and the budget is never exceeded beyond the trials already running.
     """
     import math
 
-    from .bench.runner import join_cell
+    from .bench.registry import TASKS
+    from .bench.runner import join_cell, join_matrix
+    from .methods import METHODS
 
     _quiet_libraries()
     if heartbeat is not None and not (math.isfinite(heartbeat) and heartbeat > 0):
         raise DiffhpoError(f"--heartbeat must be a positive finite number, got {heartbeat:g}")
-    outcome = join_cell(storage, study_name, final=not no_final, progress=not no_progress,
-                        workdir=workdir, heartbeat=heartbeat)
-    click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})", err=True)
-    if outcome.status.startswith("failed"):
+    if study_name is not None:
+        given = [f for f, v in (("--task", task_list), ("--method", method_list), ("--profile", profile_list)) if v]
+        if given:
+            raise DiffhpoError(f"--study names one cell; {', '.join(given)} select cells of a matrix worker: "
+                               "give --study or the filters, not both")
+        outcomes = [join_cell(storage, study_name, final=not no_final, progress=not no_progress,
+                              workdir=workdir, heartbeat=heartbeat)]
+        for outcome in outcomes:
+            click.echo(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})",
+                       err=True)
+    else:
+        tasks = _split(task_list, "task", TASKS.names()) if task_list is not None else None
+        methods = _split(method_list, "method", METHODS.names()) if method_list is not None else None
+        profiles = _split(profile_list, "profile", list(PROFILES)) if profile_list is not None else None
+        outcomes = join_matrix(storage, tasks=tasks, methods=methods, profiles=profiles, final=not no_final,
+                               progress=not no_progress, workdir=workdir, heartbeat=heartbeat,
+                               log=lambda line: click.echo(line, err=True))
+        click.echo(f"worker: no unfinished cell left ({len(outcomes)} cell(s) served by this worker)", err=True)
+    if any(o.status.startswith("failed") for o in outcomes):
         sys.exit(1)
+
+
+@cli.command(name="storage-proxy")
+@click.option("--storage", required=True,
+              help="The database to serve: postgresql://..., mysql://... (or sqlite:///FILE, then used by the proxy alone).")
+@click.option("--port", required=True, type=int, help="TCP port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the proxy has no authentication).")
+@click.option("--threads", default=10, show_default=True, type=int, help="Threads of the server (Optuna's default).")
+def storage_proxy(storage, port, host, threads):
+    """Serve one storage to many workers through Optuna's gRPC proxy.
+
+    Workers and `diffhpo run` then use `--storage grpc://HOST:PORT`: they hold one gRPC
+    channel each instead of their own database connections. Runs until Ctrl-C or SIGTERM.
+    """
+    from .bench import storage as st
+
+    _quiet_libraries()
+    url = f"grpc://{host}:{port}" if ":" not in host else f"grpc://[{host}]:{port}"
+
+    def ready() -> None:
+        click.echo(f"storage-proxy: serving {st.shown(storage)} at {url} (Ctrl-C stops)", err=True)
+
+    try:
+        with st.storage_errors(storage):
+            st.serve_proxy(storage, host, port, threads=threads, on_ready=ready)
+    except KeyboardInterrupt:
+        click.echo("storage-proxy: stopped", err=True)
 
 
 @cli.command()

@@ -35,6 +35,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -42,6 +43,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from ..methods import METHODS
@@ -53,7 +55,7 @@ from . import hooks, workers
 from .errors import DiffhpoError
 from .measure import measure
 from .registry import TASKS
-from .search import Cell, CountedTrialsPruner, EnvironmentStop, ledger, search, search_over
+from .search import Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
 from .seeds import check_seeds, final_seeds
 from .simulate import check_simulate, search_simulated
 
@@ -527,6 +529,7 @@ def finish_cell(cell: Cell, led) -> CellOutcome:
         if study._storage.get_study_user_attrs(study._study_id).get("status") == "done":
             return CellOutcome(study.study_name, "done (skipped)", led.spent, n)
         try:
+            fresh(study)  # the trials as stored now, not as this worker saw them when it joined
             _final_protocol(cell)
         except (KeyboardInterrupt, DiffhpoError):
             raise
@@ -559,6 +562,111 @@ def join_cell(url: str, study_name: str, *, final: bool = True, progress: bool =
     """`diffhpo worker`: join an existing cell, rebuilding task and method from the study."""
     with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
         return _join_cell(storage, url, study_name, final=final, progress=progress, workdir=workdir)
+
+
+def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] | None = None,
+                profiles: list[str] | None = None, final: bool = True, progress: bool = True,
+                workdir: Path | None = None, heartbeat: float | None = None,
+                log: Callable[[str], None] = print) -> list[CellOutcome]:
+    """`diffhpo worker` without ``--study``: work on the matrix stored at ``url`` (its cells
+    among ``tasks``, ``methods`` and ``profiles`` where given) until no cell is left for it.
+
+    The worker takes one cell (:func:`next_cell`), searches it with :func:`_join_cell` until
+    its budget is spent and no trial runs, runs its final protocol when it wins the claim
+    (:func:`workers.claim_final`; with ``final`` False it leaves it), then takes the next.
+    Each cell is searched exactly as by ``diffhpo worker --study`` (same budget accounting,
+    heartbeats, retries by slot), so the guarantees hold across cells. A worker visits a
+    cell once: whatever it found there (done, searched with the final protocol claimed by
+    another process, failed), it does not come back, so a failed cell or a final protocol
+    held by a process on another host never keeps it looping. It returns once every
+    matching cell is done or visited, and waits (looking again each ``WAIT_S``) while the
+    only unfinished cells are full (every slot of their budget taken by running trials of
+    other workers); while waiting it fails and retries their cut-off trials (:func:`_sweep`).
+
+    A matching set with no cell at all is refused before any work (one ``error:`` line)."""
+    with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
+        filters = dict(tasks=tasks, methods=methods, profiles=profiles)
+        if not st.cell_studies(storage, **filters):
+            given = "; ".join(f"--{k.rstrip('s')} {','.join(v)}" for k, v in filters.items() if v)
+            raise DiffhpoError(f"storage {st.shown(url)!r} holds no diffhpo cells"
+                               + (f" matching {given}" if given else "")
+                               + "; create them with `diffhpo run --storage URL ... --create-only`")
+        visited: set[str] = set()
+        outcomes: list[CellOutcome] = []
+        while True:
+            name, left = next_cell(storage, visited, **filters)
+            if name is None:
+                if not left:
+                    return outcomes
+                _sweep(storage, visited, filters)
+                time.sleep(WAIT_S)  # every unfinished cell is full: its last trials run elsewhere
+                continue
+            visited.add(name)
+            outcome = _join_cell(storage, url, name, final=final, progress=progress, workdir=workdir)
+            log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
+            outcomes.append(outcome)
+
+
+WAIT_S = 1.0  # a matrix worker with no open cell looks again after this long
+
+
+def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any]) -> None:
+    """Fail (and retry) the cut-off trials of the unfinished cells, as a worker searching them
+    would: stale heartbeats, processes of this host that are gone
+    (:func:`workers.fail_orphans`). A cell whose last trials were cut off has no room and
+    no worker, so without this sweep the waiting matrix workers would wait for it forever."""
+    for summary in st.cell_studies(storage, **filters):
+        if summary.study_name in visited or summary.user_attrs.get("status") == "done":
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage,
+                                  sampler=optuna.samplers.RandomSampler())
+        if is_heartbeat_enabled(storage):
+            optuna.storages.fail_stale_trials(study)
+        workers.fail_orphans(study, exclusive=False)
+
+
+def next_cell(storage: BaseStorage, visited: set[str] = frozenset(), **filters) -> tuple[str | None, int]:
+    """The cell a matrix worker takes next, and the number of unfinished cells left to it.
+
+    Assignment rule (the aim: every worker busy until the end of the matrix):
+
+    1. Only cells not done, not visited by this worker, and not on simulated workers.
+    2. A cell is *open* when it has room for one more trial: its budget minus the spent
+       cost minus the expected cost of its running trials is positive
+       (:func:`~diffhpo.bench.search.ledger`), or nothing runs in it (a search whose
+       budget is spent but whose final protocol is pending is open too). A *sequential*
+       cell (a method with ``uses_oracle``, the bilevel methods, whose outer iterations
+       run one after another) is open only while no trial of it runs: a second worker
+       would only wait there.
+    3. Among open cells: sequential cells first (their chain of iterations cannot be
+       shortened by more workers, so it is started as early as possible), then the most
+       remaining cost (budget minus spent and running cost, in the cell's cost unit),
+       then the name (a fixed order, the same in every worker).
+
+    The remaining cost is an estimate from the stored trials; grid cells end earlier at
+    their grid's size, which the worker finds when it joins. ``None`` when no cell is
+    open: the caller waits while unfinished cells are left, and stops when none are."""
+    best, key_best, left = None, None, 0
+    for summary in st.cell_studies(storage, **filters):
+        a = summary.user_attrs
+        name = summary.study_name
+        if name in visited or a.get("status") == "done" or a.get("simulated_workers") is not None:
+            continue
+        left += 1
+        trials = storage.get_all_trials(summary._study_id, deepcopy=False)
+        led = ledger(trials)
+        remaining = float(a.get("budget", 0.0)) - led.spent - led.running_cost
+        try:
+            sequential = bool(METHODS.get(a.get("method")).uses_oracle)
+        except DiffhpoError:  # a method not installed here: _join_cell names the problem
+            sequential = False
+        room = remaining > 0 and not (sequential and led.n_running)
+        if not (room or led.n_running == 0):
+            continue
+        key = (not sequential, -remaining, name)
+        if key_best is None or key < key_best:
+            best, key_best = name, key
+    return best, left
 
 
 def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, progress: bool,

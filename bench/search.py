@@ -147,6 +147,7 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
     shown = min(led.spent, cell.budget)
     try:
         while True:
+            fresh(study)
             if is_heartbeat_enabled(study._storage):
                 optuna.storages.fail_stale_trials(study)
             workers.fail_orphans(study, exclusive=False)
@@ -168,6 +169,16 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
             _one_trial(cell, exclusive)
     finally:
         bar.close()
+
+
+def fresh(study: optuna.Study) -> None:
+    """Drop the study's cache of trials. Optuna fills it at a sampler's first
+    ``_get_trials(use_cache=True)`` and clears it only in ``ask`` and ``tell``; a worker that
+    waits (the bilevel sampler's ``ready``), or that runs the final protocol of a cell other
+    workers searched, asks nothing, so it would go on seeing the trials of the moment it
+    joined: never ready again (a cell that hangs once its other worker is killed), and a
+    method's choice made from a trajectory cut short."""
+    study._thread_local.cached_all_trials = None
 
 
 def _postfix(bar: tqdm, study: optuna.Study) -> None:

@@ -6,8 +6,9 @@ need (task, method, seed, profile, budget, metric directions, and once the searc
 over the chosen hyperparameters and the final-protocol metrics).
 
 Storage URLs: any Optuna RDB URL (``sqlite:///path``, ``postgresql://...``,
-``mysql://...``), or ``journal:///path/to/file.log`` for Optuna's JournalStorage with a
-file backend. The default is ``sqlite:///<out>/diffhpo.sqlite3``.
+``mysql://...``), ``journal:///path/to/file.log`` for Optuna's JournalStorage with a
+file backend, or ``grpc://HOST:PORT`` for Optuna's ``GrpcStorageProxy`` in front of a
+``diffhpo storage-proxy`` (:func:`serve_proxy`). The default is ``sqlite:///<out>/diffhpo.sqlite3``.
 """
 
 from __future__ import annotations
@@ -71,8 +72,26 @@ def unwritable(folder: Path) -> str | None:
 
 
 DEFAULT_HEARTBEAT_S = 10
-VALID_URLS = "sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE"
-_SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
+VALID_URLS = "sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE, grpc://HOST:PORT"
+_SCHEMES = ("sqlite", "postgresql", "mysql", "journal", "grpc")
+GRPC_WAIT_S = 5.0  # how long a grpc:// storage waits for its proxy before refusing the run
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """(host, port) of a ``grpc://HOST:PORT`` URL, refused with one line when it has no host,
+    no valid port, or a path, user or query (the proxy serves one storage at one address)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 0 < port < 65536 or parts.path.strip("/") or parts.query \
+            or parts.username:
+        raise DiffhpoError(f"storage {shown(url)!r} is not a gRPC proxy address; valid: grpc://HOST:PORT "
+                           "(a `diffhpo storage-proxy` listening there)")
+    return parts.hostname, port
 
 
 def check_url(url: str) -> str:
@@ -86,6 +105,9 @@ def check_url(url: str) -> str:
         raise DiffhpoError(f"--storage is empty; valid: {VALID_URLS}")
     if "://" not in url or scheme not in _SCHEMES:
         raise DiffhpoError(f"storage {shown(url)!r} is not a storage URL; valid: {VALID_URLS}")
+    if scheme == "grpc":
+        grpc_address(url)
+        return url
     if scheme != "journal":
         from sqlalchemy.engine import make_url
 
@@ -189,7 +211,7 @@ def open_existing(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     if path is not None and not path.is_file():
         raise DiffhpoError(f"storage {shown(url)!r}: no such file {str(path)!r}; nothing to read")
     check_file(url, existing=True)
-    if path is None:
+    if path is None and not url.startswith("grpc://"):
         try:
             import sqlalchemy
 
@@ -216,6 +238,8 @@ def opened(url: str, *, heartbeat: float | None = None, existing: bool = False) 
         engine = getattr(storage, "engine", None)
         if engine is not None:
             engine.dispose()
+        if url.startswith("grpc://"):
+            storage.close()
 
 
 def _first_line(exc: BaseException, url: str = "") -> str:
@@ -243,9 +267,17 @@ def storage_errors(url: str) -> Iterator[None]:
     it stays, and rerunning the same command resumes."""
     import sqlalchemy.exc
 
+    kinds: tuple = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
+    if url.startswith("grpc://"):
+        try:
+            import grpc
+        except ImportError:  # opening the storage says what to install
+            pass
+        else:
+            kinds += (grpc.RpcError,)  # the proxy stopped or lost its database
     try:
         yield
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as exc:
+    except kinds as exc:
         inner = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
         cause = _first_line(getattr(inner, "orig", None) or inner, url)
         raise DiffhpoError(
@@ -262,8 +294,16 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
     (its worker was killed) is marked FAILED by the next worker and its configuration is
     retried (:func:`diffhpo.bench.workers.retry`, at most 3 times). SQLite and journal files are
     local: there, a trial whose process is gone is detected directly (bench/workers.py).
+
+    ``grpc://HOST:PORT``: Optuna's ``GrpcStorageProxy``, after waiting up to ``GRPC_WAIT_S``
+    seconds for the proxy (no proxy there: one clear error before any work). Optuna's proxy
+    carries no heartbeats (``GrpcStorageProxy`` is no heartbeat storage), so through it a
+    cut-off trial is found as on a journal file: by the next worker on the host whose process
+    is gone (bench/workers.py).
     """
     check_url(url)
+    if url.startswith("grpc://"):
+        return _grpc_client(url)
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -292,6 +332,80 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
         raise DiffhpoError(
             f"cannot open storage {shown(url)!r}: {reason} (valid: {VALID_URLS})"
         ) from None
+
+
+def _grpc_client(url: str) -> BaseStorage:
+    host, port = grpc_address(url)
+    try:
+        from optuna.storages import GrpcStorageProxy
+
+        import grpc  # noqa: F401  (GrpcStorageProxy imports it lazily)
+    except ImportError:
+        raise DiffhpoError(f'storage {shown(url)!r} needs the grpcio and protobuf packages: pip install -e ".[grpc]"') \
+            from None
+    proxy = GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=GRPC_WAIT_S)
+    except ConnectionError:
+        proxy.close()
+        raise DiffhpoError(f"no storage proxy answers at {shown(url)!r} (waited {GRPC_WAIT_S:g} s); start one with "
+                           "`diffhpo storage-proxy --storage postgresql://... --port PORT`") from None
+    return proxy
+
+
+PROXY_BACKENDS = "postgresql://..., mysql://..., sqlite:///FILE"
+
+
+def serve_proxy(url: str, host: str, port: int, *, threads: int = 10,
+                on_ready=lambda: None) -> None:
+    """``diffhpo storage-proxy``: serve the storage ``url`` to ``grpc://HOST:PORT`` clients with
+    Optuna's gRPC proxy (``optuna.storages.run_grpc_proxy_server``'s server, built by its
+    ``make_server`` so that a port already taken is refused with one line instead of a
+    server that serves nothing) until interrupted.
+
+    Choices: the backend is an RDB storage (PostgreSQL, MySQL, or SQLite, which then has one
+    process, the proxy, as SQLite needs); Optuna's proxy does not support JournalStorage
+    (optuna/optuna#6084), and a proxy in front of a proxy is pointless, so both are refused.
+    The RDB storage is wrapped in Optuna's ``_CachedStorage`` through ``get_storage``, as
+    Optuna's documentation of the proxy asks. ``threads``: the server's thread pool
+    (Optuna's default, 10: calls are short, so many more workers than threads are served)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    check_url(url)
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    if scheme not in ("postgresql", "mysql", "sqlite"):
+        raise DiffhpoError(f"storage-proxy serves a database, not {shown(url)!r} (Optuna's gRPC proxy does not "
+                           f"support journal files); valid: {PROXY_BACKENDS}")
+    if not 0 < port < 65536:
+        raise DiffhpoError(f"--port must be between 1 and 65535, got {port}")
+    if threads < 1:
+        raise DiffhpoError(f"--threads must be at least 1, got {threads}")
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own C-level log lines: the errors below say it
+    try:
+        import grpc  # noqa: F401
+        from optuna.storages._grpc.server import make_server
+    except ImportError:
+        raise DiffhpoError('storage-proxy needs the grpcio and protobuf packages: pip install -e ".[grpc]"') from None
+    taken = f"storage-proxy cannot listen on {host}:{port} (the port is taken, or the host is not an address of " \
+            "this machine); nothing served"
+    import socket
+
+    try:  # before the database is opened (which creates Optuna's tables in an empty one)
+        with socket.create_server((host, port)):
+            pass
+    except OSError:
+        raise DiffhpoError(taken) from None
+    backend = optuna.storages.get_storage(open_storage(url))
+    try:
+        server = make_server(backend, host, port, ThreadPoolExecutor(max_workers=threads))
+    except RuntimeError:  # grpc: "Failed to bind to address" (taken in the meantime)
+        raise DiffhpoError(taken) from None
+    server.start()
+    try:
+        on_ready()
+        server.wait_for_termination()
+    finally:
+        server.stop(grace=2).wait()
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -325,6 +439,12 @@ def _sqlite_connector(path: str):
     return connect
 
 
-def cell_studies(storage: BaseStorage) -> list[optuna.study.StudySummary]:
-    """Every diffhpo cell study in the storage, as frozen studies."""
-    return [s for s in storage.get_all_studies() if s.user_attrs.get(CELL_MARK)]
+def cell_studies(storage: BaseStorage, *, tasks=None, methods=None,
+                 profiles=None) -> list[optuna.study.StudySummary]:
+    """Every diffhpo cell study in the storage, as frozen studies; with ``tasks``,
+    ``methods`` or ``profiles`` (collections of names), only the cells among them."""
+    def keep(a: dict) -> bool:
+        return all(want is None or a.get(key) in want
+                   for key, want in (("task", tasks), ("method", methods), ("profile", profiles)))
+
+    return [s for s in storage.get_all_studies() if s.user_attrs.get(CELL_MARK) and keep(s.user_attrs)]
