@@ -59,7 +59,7 @@ def main() -> None:
         _run(args.task, args.seeds, real)
         _run(f"{args.task}-surrogate", args.seeds, sur)
     a, b = _friedman(real), _friedman(sur)
-    ra, rb = a.mean_ranks[ranks_mod.ORDER[-1]].dropna(), b.mean_ranks[ranks_mod.ORDER[-1]].dropna()
+    ra, rb = (res.mean_ranks[f"rank {ranks_mod.FINAL}"].dropna() for res in (a, b))
     methods = sorted(set(ra.index) & set(rb.index), key=lambda m: ra[m])
     left_out = sorted(set(ra.index) ^ set(rb.index))
     print(f"\n{args.task}: {a.n_blocks} blocks on the real task, {b.n_blocks} on the surrogate"
