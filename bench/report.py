@@ -302,7 +302,7 @@ def write_frames(trials: pd.DataFrame, cells: pd.DataFrame, out: Path, *, plots:
         diagnostics = collect_all(cells, trials, out / "plots")
         for paths in [*pictures.values(), *(d.images for d in diagnostics)]:
             written.update({p.stem: p for p in paths})
-    stale = remove_stale(out, started, () if html else ("report.html",))
+    stale = remove_stale(out, started, () if html else ("report.html",), keep=written.values())
     if stale:
         warnings.append(f"This folder held an older report: {len(stale)} of its files that this report does not "
                         f"write were removed ({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}).")
@@ -323,17 +323,22 @@ REPORT_FILES = ("trials.csv", "cells.csv", "curves.csv", "summary.csv", "summary
                 "results_long.parquet")
 
 
-def remove_stale(out: Path, started_ns: int, extra: tuple[str, ...] = ()) -> list[str]:
+def remove_stale(out: Path, started_ns: int, extra: tuple[str, ...] = (), keep=()) -> list[str]:
     """Remove the files of an older report that this one did not rewrite: those of
     :data:`REPORT_FILES` and under ``plots/`` last modified before ``started_ns`` (this report's
     start). A report of fewer tasks, or without learning curves, would otherwise leave the older
-    report's curves.csv and task plots beside the new tables. Returns their names (relative)."""
+    report's curves.csv and task plots beside the new tables. Returns their names (relative).
+    The files of ``keep`` (what this report wrote) are never removed, whatever their time: a
+    file's mtime comes from the kernel's coarse clock, which can lag ``time.time_ns()`` by a
+    few milliseconds, so a file written just after the start can look older than it (a
+    fresh-clone CI run lost trials.csv so)."""
     out = Path(out)
+    kept = {Path(p).resolve() for p in keep}
     candidates = [out / n for n in (*REPORT_FILES, *extra)] + (sorted((out / "plots").iterdir()) if (out / "plots").is_dir() else [])
     removed = []
     for p in candidates:
         try:
-            if p.is_file() and p.stat().st_mtime_ns < started_ns:
+            if p.is_file() and p.resolve() not in kept and p.stat().st_mtime_ns < started_ns:
                 p.unlink()
                 removed.append(str(p.relative_to(out)))
         except OSError:
