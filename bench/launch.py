@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .provenance import redact_url
 
 LAUNCHERS = ("local", "slurm")
@@ -66,10 +66,10 @@ def worker_job(url: str, index: int, n_gpus: int, heartbeat: float | None, workd
     """One matrix worker of the array, in its own process (submitit runs it)."""
     if n_gpus > 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
-    from ..cli import _quiet_libraries
+    from .console import quiet_libraries
     from .runner import join_matrix
 
-    _quiet_libraries()
+    quiet_libraries()
     outcomes = join_matrix(url, progress=False, heartbeat=heartbeat,
                            workdir=Path(workdir) if workdir else None, log=lambda line: print(line, flush=True))
     return [(o.study_name, o.status) for o in outcomes]

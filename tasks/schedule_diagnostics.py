@@ -69,7 +69,7 @@ def _has_terms(attrs: Mapping, ranges) -> bool:
 def report_diagnostics(task_name: str, ranges_of, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list:
     """The bilevel cells' premise rows and term SNRs, per profile (``ranges_of(config)``: the
     search ranges of a cell's task settings, a dict from cells.csv's ``config``)."""
-    from ..bench.diagnostics import Diagnostic, attrs
+    from ..bench.contracts.diagnostic import Diagnostic, attrs
 
     out = []
     if trials.empty or "attr_gamma" not in trials:

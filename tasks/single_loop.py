@@ -38,7 +38,7 @@ One call of :meth:`SingleLoop.iterate` is one outer iteration k:
 3. the analytic ``grad_q g`` of ``y`` and of ``z`` by autograd through ``alphabar(q)``, on
    one common batch (``bl_qgrad_batch``): penalty term ``(gamma/w) (grad_q g(q, y) - grad_q g(q, z))``;
 4. a two-point zeroth-order estimate of ``grad_q f(q, y)`` (the estimator of
-   :mod:`diffhpo.methods.zeroth_order`): ``bl_zo_directions`` Gaussian directions ``u`` in
+   :mod:`diffhpo.bench.toolkit.zeroth_order`): ``bl_zo_directions`` Gaussian directions ``u`` in
    *normalised* coordinates (each parameter divided by its range, so that one radius
    ``bl_zo_delta`` suits parameters of different scales), ``f`` at ``Proj(q +/- delta u)``
    from ``bl_zo_samples`` samples that start from the *same* noise for every perturbation
@@ -126,10 +126,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..bench.cache import torch_save_atomic
-from ..methods.seeding import derive_seed
-from ..methods.zeroth_order import gaussian_directions, two_point_estimate
-from .base import OracleContext, OracleResult
+from ..bench.toolkit.cache import torch_save_atomic
+from ..bench.toolkit.seeding import derive_seed
+from ..bench.toolkit.zeroth_order import gaussian_directions, two_point_estimate
+from ..bench.contracts.task import OracleContext, OracleResult
 from .mnist_schedule import schedules as S
 from .mnist_schedule import training as tr
 

@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from diffhpo.methods.bilevel import BilevelSampler
-from diffhpo.methods.zeroth_order import gaussian_directions, two_point_estimate
+from diffhpo.bench.toolkit.zeroth_order import gaussian_directions, two_point_estimate
 
 SPACE = {
     "x": optuna.distributions.FloatDistribution(-5, 5),

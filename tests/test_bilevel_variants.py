@@ -7,12 +7,12 @@ import optuna
 import pytest
 import torch
 
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.bench.runner import prepare_cell
 from diffhpo.methods import METHODS
 from diffhpo.methods.bilevel import BilevelOptions, BilevelSampler, drift_gammas
 from diffhpo.tasks import single_loop as sl
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmScheduleTask
 from diffhpo.tasks.quadratic import QuadraticTask
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from diffhpo.bench import record as rec
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.cli import main
 from diffhpo.tasks.surrogate import make_surrogate
 

@@ -8,11 +8,11 @@ from optuna.trial import TrialState, create_trial
 
 from diffhpo.bench import storage as st
 from diffhpo.bench.diagnostics import Diagnostic, known_optimum, pruning
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.report import collect, write_report
 from diffhpo.methods import METHODS
-from diffhpo.methods.base import Method
-from diffhpo.tasks.base import Task
+from diffhpo.bench.contracts.method import Method
+from diffhpo.bench.contracts.task import Task
 from diffhpo.tests.test_report_analysis import DIST, add_cell, synth_storage
 
 

@@ -28,15 +28,14 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ...bench.errors import DiffhpoError
-from ...bench.options import option
-from ...bench import record as rec
-from ..base import Metric, Task
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.contracts.options import option
+from ...bench.toolkit import recordings as rec
+from ...bench.contracts.task import Metric, Task
 from . import model as M
 
-#: where the shipped tables are (:data:`diffhpo.bench.record.TABLES_DIR`; not read from there at import
-#: time, because ``bench.record`` may be importing when this package is)
-TABLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "recordings"
+#: where the shipped tables are
+TABLES_DIR = rec.TABLES_DIR
 
 #: name -> (real task, recorded profile, {space variant: table file under assets/recordings/}, task options)
 BUILTIN: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {
@@ -166,7 +165,7 @@ def make_surrogate(name: str, real_task: str, recorded_profile: str, tables: Map
                    real_options: Mapping[str, Any] | None = None, real_cls: type | None = None) -> type[SurrogateTask]:
     """A surrogate task class of ``real_task``'s tables (paths, or names under assets/recordings/)."""
     if real_cls is None:
-        from ...bench.registry import TASKS
+        from ...bench.contracts.registry import TASKS
 
         real_cls = TASKS.get(real_task)
     cls = real_cls
