@@ -81,6 +81,17 @@ def write_table(path: Path, frame: pd.DataFrame, meta: dict) -> str:
     return digest
 
 
+def table_meta(path: Path | str) -> dict | None:
+    """A table's metadata line alone (no checksum check, no rows read), or None where the file is
+    missing or unreadable: cheap enough for deciding at import time whether a table is complete."""
+    try:
+        with gzip.open(path, "rt") as f:
+            first = f.readline()
+        return json.loads(first[2:]) if first.startswith("# ") else None
+    except (OSError, EOFError, ValueError):
+        return None
+
+
 @dataclass
 class Table:
     path: Path

@@ -187,9 +187,12 @@ def make_surrogate(name: str, real_task: str, recorded_profile: str, tables: Map
 
 
 def builtin_surrogates(real: Mapping[str, type]) -> list[type[SurrogateTask]]:
-    """The built-in surrogates whose tables ship (``real``: task name -> its class)."""
+    """The built-in surrogates whose tables ship complete (``real``: task name -> its class). A table
+    committed part-way through its recording (a long recording is committed in chunks and resumed
+    from them) registers nothing until it is complete."""
     out = []
     for name, (task, profile, tables, opts) in BUILTIN.items():
-        if task in real and all((TABLES_DIR / t).is_file() for t in tables.values()):
+        metas = [rec.table_meta(TABLES_DIR / t) for t in tables.values()]
+        if task in real and all(m is not None and m.get("complete", False) for m in metas):
             out.append(make_surrogate(name, task, profile, tables, opts, real_cls=real[task]))
     return out
