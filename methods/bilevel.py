@@ -111,6 +111,11 @@ depend on it in that trial). A trial lacking a parameter and that record (writte
 older version) is left out of the replay, as a failed one: its slot is proposed again.
 Either way a stored trial never stops the sampler.
 
+A trial whose hypergradient is not finite (the oracle's networks diverged: found on
+``gmm-schedule`` with the paper preset, seed 2, whose last iterate became NaN and failed the
+final protocol) counts as its iteration but moves nothing: the iterate and the step rule's
+state stay as they were, so the method never outputs a NaN point.
+
 Example::
 
     import optuna
@@ -430,8 +435,9 @@ class BilevelSampler(BaseSampler):
             if t is None or GRAD_KEY not in t.user_attrs:
                 return _State(k, u, "oracle", {(0, 0): u})
             g = sign * coords.grad_to_unit(t.params, t.user_attrs[GRAD_KEY])
-            value = np.array([float(t.params[n]) for n in coords.names])
-            u = np.clip(u - opt.step(g, coords.unit_per_natural(t.params), value), 0.0, 1.0)
+            if np.all(np.isfinite(g)):  # a non-finite estimate moves nothing (module doc)
+                value = np.array([float(t.params[n]) for n in coords.names])
+                u = np.clip(u - opt.step(g, coords.unit_per_natural(t.params), value), 0.0, 1.0)
             k += 1
 
     def _replay_central(self, coords: _Coords, done: dict, sign: float) -> _State:
