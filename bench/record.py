@@ -69,7 +69,7 @@ from .provenance import git_commit, provenance
 # the table format lives on the toolkit floor; re-exported here for `rec.load_table` and the like
 from .toolkit.recordings import (  # noqa: F401
     FORMAT, MAX_FILE_BYTES, REPLICATE_SEED, TABLES_DIR, Table, check_table_for, checkpoints_of, default_table_path,
-    load_table, recording_name, sha256_file, space_json, table_stem, task_version, write_table)
+    load_table, recording_name, sha256_file, space_json, table_meta, table_stem, task_version, write_table)
 
 PLAN_KEY = "record_index"
 ROLES = ("design", "default", "grid")

@@ -139,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--compare-models", action="store_true")
     args = ap.parse_args(argv)
-    tables = args.tables or sorted(rec.TABLES_DIR.glob("*.csv.gz"))
+    tables = args.tables
+    if not tables:  # the shipped tables, less those still being recorded (committed in chunks)
+        tables = []
+        for path in sorted(rec.TABLES_DIR.glob("*.csv.gz")):
+            meta = rec.table_meta(path) or {}
+            if meta.get("complete", False):
+                tables.append(path)
+            else:
+                print(f"skipped {path.name}: recording incomplete ({meta.get('rows')} of "
+                      f"{meta.get('plan', {}).get('evaluations')} evaluations)", file=sys.stderr)
     if not tables:
         print(f"error: no tables given and none in {rec.TABLES_DIR}", file=sys.stderr)
         return 2
