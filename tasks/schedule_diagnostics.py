@@ -34,10 +34,12 @@ def normalised(ranges: Mapping[str, tuple[float, float]], attrs: Mapping, term: 
 
 
 def term_table(ranges: Mapping[str, tuple[float, float]], attrs_by_seed: Sequence[Sequence[Mapping]]) -> dict[str, np.ndarray]:
-    """Median over seeds (cells of at least 3 iterations) of each term's per-coordinate SNR
-    (``snr_zo``, ``snr_penalty``) and of the rms ratio ``ratio``."""
+    """Median over seeds (cells of at least 3 iterations with finite terms) of each term's
+    per-coordinate SNR (``snr_zo``, ``snr_penalty``) and of the rms ratio ``ratio``."""
     out: dict[str, list] = {f"snr_{t}": [] for t in TERMS} | {"ratio": []}
     for attrs in attrs_by_seed:
+        # an iteration whose oracle diverged (non-finite terms) moved nothing: left out
+        attrs = [a for a in attrs if all(np.isfinite(normalised(ranges, a, t)).all() for t in TERMS)]
         if len(attrs) < 3:
             continue
         terms = {t: np.array([normalised(ranges, a, t) for a in attrs]) for t in TERMS}

@@ -125,3 +125,17 @@ def test_the_claim_table_compares_each_method_with_the_default_schedule_on_the_s
     (diag,) = claim_diagnostics("mnist-schedule", cells)
     assert "claimed / measured here" in diag.title and "-30%" in diag.paragraphs[0]
     assert claim_diagnostics("mnist-schedule", cells[cells.method != "default"]) == []
+
+
+def test_the_term_table_leaves_out_an_iteration_whose_oracle_diverged():
+    from diffhpo.tasks.schedule_diagnostics import term_table
+
+    ranges = {"a": (0.0, 1.0), "b": (0.0, 2.0)}
+    rng = np.random.default_rng(0)
+    cells = [[{"zo_a": rng.normal(), "zo_b": rng.normal(), "penalty_a": rng.normal(), "penalty_b": rng.normal()}
+              for _ in range(6)] for _ in range(3)]
+    clean = term_table(ranges, cells)
+    cells[1].append({"zo_a": float("nan"), "zo_b": float("nan"), "penalty_a": float("nan"), "penalty_b": 1.0})
+    with_nan = term_table(ranges, cells)
+    assert all(np.isfinite(v).all() for v in with_nan.values())
+    assert all(np.allclose(clean[k], with_nan[k]) for k in clean)
