@@ -135,7 +135,7 @@ def _local_gpus() -> int:
 
 
 _ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-          "PREEMPTED", "TIMEOUT")
+          "TIMEOUT")  # PREEMPTED: requeued next
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
