@@ -28,9 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 submitit = pytest.importorskip("submitit", reason="--launcher needs submitit (a dependency: pip install -e .)")
 
 
-def run_args(url, out, *extra):
+def run_args(url, out, *extra, sleep_s=0.05):
     return [*DIFFHPO, "run", "--task", "quadratic", "--method", ",".join(METHODS), "--profile", "smoke", "--seeds", "2",
-            "--option", "sleep_s=0.05", "--storage", url, "--out", str(out), "--no-progress", *extra]
+            "--option", f"sleep_s={sleep_s}", "--storage", url, "--out", str(out), "--no-progress", *extra]
 
 
 def trials_by_cell(url):
@@ -86,8 +86,7 @@ def test_scancel_of_one_worker_mid_trial_changes_nothing(tmp_path, one_process, 
             assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
             time.sleep(0.2)
         window, cell, _, number, pid = re.match(r"(\S+) (\S+) (trial) (\d+) pid (\d+)", pause.read_text()).groups()
-        environ = dict(v.split("=", 1) for v in open(f"/proc/{pid}/environ").read().split("\0") if "=" in v)
-        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+        job = job_of(pid)
         subprocess.run(["scancel", job], check=True)  # the worker is in the middle of trial `number`
         _, err = run.communicate(timeout=900)
     finally:
@@ -103,6 +102,49 @@ def test_scancel_of_one_worker_mid_trial_changes_nothing(tmp_path, one_process, 
     logs = worker_logs(tmp_path)
     assert len(logs) == 4
     check_matrix(url, one_process, logs)
+    assert trials_by_cell(url) == one_trials
+
+
+def job_of(pid):
+    """The Slurm job (ARRAY_TASK) a process runs in, from its environment."""
+    environ = dict(v.split("=", 1) for v in open(f"/proc/{pid}/environ").read().split("\0") if "=" in v)
+    return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+
+
+@SLURM
+def test_timed_out_worker_is_requeued_by_slurm_and_continues(tmp_path, one_process, one_trials):  # noqa: F811
+    """Slurm's warning signal before the time limit (submitit asks for USR2; with --time
+    under 10 minutes submitit counts any USR2 as a time-out) makes the worker checkpoint:
+    submitit requeues the job with `scontrol requeue`, and the requeued job joins the matrix
+    again. Slurm holds a requeued job for its requeue delay (about 2 minutes); the test
+    releases it at once with `scontrol update StartTime=now`."""
+    url = f"journal://{tmp_path / 'journal.log'}"
+    run = subprocess.Popen(run_args(url, tmp_path, "--launcher", "slurm", "--workers", "2", "--time", "9",
+                                    sleep_s=0.3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        storage, deadline = st.open_storage(url), time.monotonic() + 600
+        while len(done := [t for s in st.cell_studies(storage)
+                           for t in storage.get_all_trials(s._study_id, states=(TrialState.COMPLETE,))]) < 6:
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.2)
+        job = job_of(int(done[-1].user_attrs["worker"].rpartition(":")[2]))
+        subprocess.run(["scancel", "--signal", "USR2", job], check=True)
+        log = next((tmp_path / "launch").glob(f"{job}_0_log.out"))
+        while "requeued through submitit" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        while "PENDING" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                                              text=True).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        _, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err[-3000:]
+    assert log.read_text().count("Starting with JobEnvironment") == 2  # the same job ran again
+    check_matrix(url, one_process, worker_logs(tmp_path))
     assert trials_by_cell(url) == one_trials
 
 
