@@ -7,3 +7,7 @@ reports), ``methods/`` (one module per HPO method), ``tasks/`` (one module per t
 """
 
 __version__ = "0.1.0"
+
+from diffhpo._moved import install as _install_moved  # absolute: pytest imports this file on its own too
+
+_install_moved()  # the old import paths of the modules that moved in issue 25 (diffhpo/_moved.py)

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
-from .bench.errors import DiffhpoError, Terminated
+from .bench.contracts.errors import DiffhpoError, Terminated
+from .bench.console import one_line_warnings, quiet_libraries as _quiet_libraries  # noqa: F401
 from .bench.profiles import DEFAULT_PROFILE, PROFILES
-
-
-def _quiet_libraries() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("botorch").setLevel(logging.ERROR)
-
-
-def one_line_warnings() -> None:
-    """Show every Python warning as one stderr line, ``warning: Category: message`` (newlines
-    of the message joined), instead of Python's file, line number and source line: the
-    command line's own warnings (e.g. ``PremiseWarning``) are meant for the user, not a
-    traceback. Python's filters still decide which warnings are shown, and how often."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
-        try:
-            (file or sys.stderr).write(f"warning: {category.__name__}: {text}\n")
-        except OSError:  # stderr gone: nothing to show it on
-            pass
-
-    warnings.showwarning = show
 
 
 def _split(value: str, what: str, valid: list[str], *, default_all: list[str] | None = None) -> list[str]:
@@ -133,7 +108,7 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
     studies continue from their stored trials. Tables and plots are written to OUT at the
     end (see `diffhpo report`).
     """
-    from .bench.registry import TASKS
+    from .bench.contracts.registry import TASKS
     from .bench.runner import RunSpec, build_tasks, check_spec, run_matrix
     from .methods import METHODS
 
@@ -242,7 +217,7 @@ def worker(storage, study_name, task_list, method_list, profile_list, workdir, h
     """
     import math
 
-    from .bench.registry import TASKS
+    from .bench.contracts.registry import TASKS
     from .bench.runner import join_cell, join_matrix
     from .methods import METHODS
 
@@ -408,7 +383,7 @@ def _command() -> str | None:
               help="Show every option of task or method NAME: default (per profile for a task), range, meaning.")
 def list_cmd(show_options):
     """List tasks, methods and profiles, one line of description each."""
-    from .bench.registry import TASKS
+    from .bench.contracts.registry import TASKS
     from .methods import METHODS
 
     if show_options is not None:
@@ -429,7 +404,7 @@ def list_cmd(show_options):
 
 
 def _list_options(name: str, tasks, methods) -> None:
-    from .bench.options import describe
+    from .bench.contracts.options import describe
 
     if name in tasks:
         profiles = tasks.get(name).profiles
@@ -495,7 +470,7 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
 
     from .bench import record as rec
     from .bench import storage as st
-    from .bench.registry import TASKS
+    from .bench.contracts.registry import TASKS
 
     _quiet_libraries()
     k, r = rec.parse_replicates(replicates)
@@ -553,7 +528,7 @@ def record_cmd(task_name, profile, variant, configs, replicates, design, design_
 
 
 # --- subcommand groups from other modules (metrics, assets, ...) ---
-from .bench.metrics.commands import metrics_group  # noqa: E402
+from .bench.metrics_cli import metrics_group  # noqa: E402
 from .bench.assets_cli import assets_group  # noqa: E402
 cli.add_command(metrics_group)
 cli.add_command(assets_group)

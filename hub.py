@@ -23,7 +23,7 @@ import optuna
 import optunahub
 
 from .tasks import TASKS
-from .tasks.base import Task
+from .bench.contracts.task import Task
 
 
 class TaskProblem(optunahub.benchmarks.BaseProblem):

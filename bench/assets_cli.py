@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from .assets import ASSETS_DIR, all_assets
-from .seeds import MAX_SEED
+from .toolkit.assets import ASSETS_DIR, all_assets
+from .toolkit.metrics import feature_net_asset  # noqa: F401  (registers the asset feature-net)
+from .contracts.seeds import MAX_SEED
 
 
 class AssetName(click.ParamType):
@@ -41,8 +42,8 @@ def assets_group():
                    "with the same settings resumes from it (an interrupted build loses little).")
 def build(name, out, seed, steps, checkpoints):
     """Train asset NAME on the CPU and write NAME's weights and training record."""
-    from .assets import build_asset
-    from .errors import DiffhpoError
+    from .toolkit.assets import build_asset
+    from .contracts.errors import DiffhpoError
 
     options = {k: v for k, v in (("steps", steps), ("checkpoint_dir", checkpoints)) if v is not None}
     if options and name != "mnist-ddpm":
@@ -56,8 +57,8 @@ def build(name, out, seed, steps, checkpoints):
 @click.argument("names", nargs=-1, type=AssetName())
 def verify(names):
     """Check shipped assets (NAMES, default all) against the checksums in their training records."""
-    from .assets import verified_asset
-    from .errors import DiffhpoError
+    from .toolkit.assets import verified_asset
+    from .contracts.errors import DiffhpoError
 
     failed = []
     assets = all_assets()

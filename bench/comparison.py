@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic
+from .toolkit import atomic
 from .analysis import pairs as pairs_mod
 from .analysis import ranks as ranks_mod
 from .analysis import regret as regret_mod

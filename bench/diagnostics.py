@@ -8,8 +8,8 @@ The page has one section per method that records diagnostics (``Diagnostics: <me
   with a known optimum: the gap between each method's best search value, or the oracle's estimate,
   and its final-protocol value, both as regret to the optimum);
 * **the hook of a task**: ``Task.diagnostics(cells, trials, folder)`` (a classmethod, see
-  :meth:`diffhpo.tasks.base.Task.diagnostics`), reached through the task registry;
-* **the hook of a method**: the ``diagnostics`` field of its :class:`~diffhpo.methods.base.Method`,
+  :meth:`diffhpo.bench.contracts.task.Task.diagnostics`), reached through the task registry;
+* **the hook of a method**: the ``diagnostics`` field of its :class:`~diffhpo.bench.contracts.method.Method`,
   a callable ``(cells, trials, folder) -> list[Diagnostic]``, reached through the method registry.
 
 A hook gets its task's (or method's) rows of ``cells.csv`` and ``trials.csv`` (every scalar user
@@ -21,29 +21,13 @@ a task or a method: the hooks are found on the registered objects.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .fidelity import FIDELITY_STEPS
-
-
-@dataclass
-class Diagnostic:
-    """One block of the diagnostics section of ``method`` (its title names the task)."""
-
-    method: str
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    images: list[Path] = field(default_factory=list)
-
-
-def attrs(row: pd.Series) -> dict:
-    """A trial row's user attributes (the ``attr_`` columns), without the prefix."""
-    return {k[5:]: v for k, v in row.items() if k.startswith("attr_") and pd.notna(v)}
+from .contracts.diagnostic import Diagnostic, attrs
+from .contracts.fidelity import FIDELITY_STEPS
 
 
 def pruning(cells: pd.DataFrame, trials: pd.DataFrame, pruners: frozenset[str] = frozenset()) -> list[Diagnostic]:
@@ -117,7 +101,7 @@ def builtin(cells: pd.DataFrame, trials: pd.DataFrame, pruners: frozenset[str] =
 def collect_all(cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -> list[Diagnostic]:
     """Built-in diagnostics, then every task's and method's hook (registries)."""
     from ..methods import METHODS
-    from .registry import TASKS
+    from .contracts.registry import TASKS
 
     pruners = frozenset(m for m in cells.method.unique() if m in METHODS and METHODS.get(m).make_pruner is not None)
     out = builtin(cells, trials, pruners)

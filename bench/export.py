@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from .toolkit import atomic
 
 ID = ["source", "task", "profile", "method", "seed"]
 PROVENANCE = ["git_commit", "python", "platform", "host"]

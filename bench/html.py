@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import atomic
+from .toolkit import atomic
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import optuna
 
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .provenance import redact_url
 
 LAUNCHERS = ("local", "slurm")
@@ -80,10 +80,10 @@ class MatrixWorker:
     def __call__(self) -> list:
         if self.n_gpus > 0:
             os.environ["CUDA_VISIBLE_DEVICES"] = str(self.index % self.n_gpus)
-        from ..cli import _quiet_libraries
+        from .console import quiet_libraries
         from .runner import join_matrix
 
-        _quiet_libraries()
+        quiet_libraries()
         outcomes = join_matrix(self.url, progress=False, heartbeat=self.heartbeat,
                                workdir=Path(self.workdir) if self.workdir else None,
                                log=lambda line: print(line, flush=True))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import storage as st
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 
 KEYS = ["task", "profile", "method", "seed"]
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import atomic  # noqa: E402
+from .toolkit import atomic  # noqa: E402
 
 
 def write_plots(trials: pd.DataFrame, cells: pd.DataFrame, folder: Path) -> list[Path]:

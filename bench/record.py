@@ -10,7 +10,7 @@ The plan (:func:`make_plan`), deterministic in its arguments:
 
 * ``configs`` design points: a scrambled Sobol sequence (:class:`scipy.stats.qmc.Sobol`,
   seeded by ``design_seed``) in the space's internal coordinates (log scale for log
-  parameters, :mod:`diffhpo.methods.space`), or for a one-dimensional space optionally
+  parameters, :mod:`diffhpo.bench.contracts.space`), or for a one-dimensional space optionally
   ``linspace`` (evenly spaced internal coordinates: log-spaced lambdas). Design point ``c`` is
   evaluated on seed ``c``: one seed per configuration, so the mean model averages over seeds
   instead of fitting one seed's landscape.
@@ -22,7 +22,7 @@ The plan (:func:`make_plan`), deterministic in its arguments:
 
 Storage and resume. One Optuna study per recording (named by :func:`recording_name`) in any
 suite storage. Each planned evaluation is enqueued with its plan index and asked in plan order
-(one trial per evaluation, intermediate values through :func:`diffhpo.bench.fidelity.progress_reporter`,
+(one trial per evaluation, intermediate values through :func:`diffhpo.bench.contracts.fidelity.progress_reporter`,
 measurements through :func:`diffhpo.bench.measure.measure`); an evaluation cut off by an
 interruption is marked FAIL ``interrupted`` and done again on the next run, so a killed and
 rerun recording holds the same completed evaluations as an uninterrupted one. ``--shard I/N``
@@ -44,13 +44,9 @@ SHA-256 (``sha256sum`` format); :func:`load_table` refuses a file without it or 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import itertools
 import json
 import math
-import os
 import socket
 import time
 import warnings
@@ -61,21 +57,20 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from ..methods import space as sp
-from . import atomic
-from .cache import config_key
-from .errors import DiffhpoError
-from .fidelity import FIDELITY_STEPS, progress_reporter
+from .contracts import space as sp
+from .contracts.errors import DiffhpoError
+from .contracts.fidelity import FIDELITY_STEPS, progress_reporter
 from .measure import measure
+# the table format lives on the toolkit floor; re-exported here for `rec.load_table` and the like
 from .provenance import git_commit, provenance
+# the table format lives on the toolkit floor; re-exported here for `rec.load_table` and the like
+from .toolkit.recordings import (  # noqa: F401
+    FORMAT, MAX_FILE_BYTES, REPLICATE_SEED, TABLES_DIR, Table, check_table_for, checkpoints_of, default_table_path,
+    load_table, recording_name, sha256_file, space_json, table_stem, task_version, write_table)
 
-FORMAT = 1
-REPLICATE_SEED = 100_000  # replicate seeds: far from the design's seeds 0..configs-1 and the final protocol's
-TABLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "recordings"
-MAX_FILE_BYTES = 8 * 2**20  # the repository's limit per file
 PLAN_KEY = "record_index"
 ROLES = ("design", "default", "grid")
 
@@ -186,34 +181,6 @@ def make_plan(task: Any, space: Mapping[str, BaseDistribution], grid: Mapping[st
         for r in range(int(seeds)):
             entries.append(Planned(len(entries), c, role, dict(p), REPLICATE_SEED + r))
     return Plan(entries, int(configs), len(chosen), int(seeds), design, int(design_seed), replicated_configs)
-
-
-def space_json(space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
-    return {n: json.loads(distribution_to_json(d)) for n, d in space.items()}
-
-
-def checkpoints_of(task: Any) -> list[float]:
-    if not getattr(task, "has_fidelity", False):
-        return []
-    return [float(f) for f in getattr(task.config, "checkpoints", ())]
-
-
-def task_version(task: Any) -> str:
-    """The key of the task's configuration (:func:`diffhpo.bench.cache.config_key`): a table
-    recorded under other settings, or by a task whose settings changed, has another."""
-    return config_key(task.describe_config())
-
-
-def recording_name(task: Any, variant: str) -> str:
-    """``record.<task>.<profile>.<variant>.<config key[:8]>``: the study of a recording."""
-    return f"record.{task.name}.{task.profile}.{variant}.{task_version(task)[:8]}"
-
-
-def table_stem(task: Any, variant: str) -> str:
-    """File stem of a table: ``<task>.<profile>.<variant>``, plus the options given
-    (``objective-bold``) so that two recordings of one task do not share a file."""
-    extra = "".join(f".{k}-{getattr(task.config, k)}" for k in sorted(task.given_options))
-    return f"{task.name}.{task.profile}.{variant}{extra}"
 
 
 def table_metadata(task: Any, variant: str, plan: Plan, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
@@ -380,103 +347,12 @@ def table_frame(study: optuna.Study, plan: Plan, meta: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_table(path: Path, frame: pd.DataFrame, meta: dict) -> str:
-    """Write the table atomically (temporary file, then rename) with its ``.sha256``; returns the digest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# " + json.dumps(meta, sort_keys=True) + "\n" + frame.to_csv(index=False, float_format="%.10g")
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
-        gz.write(text.encode())
-    data = buf.getvalue()
-    if len(data) > MAX_FILE_BYTES:
-        raise DiffhpoError(f"table {str(path)!r} would be {len(data) / 2**20:.1f} MiB, over the repository's "
-                           f"{MAX_FILE_BYTES / 2**20:.0f} MiB per file; record fewer configurations")
-    atomic.write(path, lambda tmp: Path(tmp).write_bytes(data))
-    digest = hashlib.sha256(data).hexdigest()
-    atomic.write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
-    return digest
-
-
 def export_table(study: optuna.Study, plan: Plan, meta: dict, path: Path, *, command: str | None = None) -> str:
     frame = table_frame(study, plan, meta)
     meta = dict(meta, rows=len(frame), complete=len(frame) == len(plan.entries),
                 provenance=provenance(command))
     meta["provenance"].pop("written_utc", None)  # keeps the bytes a function of the content
     return write_table(path, frame, meta)
-
-
-@dataclass
-class Table:
-    path: Path
-    meta: dict
-    frame: pd.DataFrame
-    sha256: str
-
-
-def load_table(path: Path | str, *, verify: bool = True) -> Table:
-    """Read a table and check it against its ``.sha256``; one :class:`DiffhpoError` line for a
-    missing, corrupt or checksum-mismatched file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DiffhpoError(f"recorded table {str(path)!r} does not exist; rebuild it with `diffhpo record` "
-                           "(README, \"Recorded benchmarks and surrogates\")")
-    side = path.with_name(path.name + ".sha256")
-    digest = sha256_file(path)
-    if verify:
-        if not side.is_file():
-            raise DiffhpoError(f"recorded table {str(path)!r} has no checksum file {side.name!r}; rebuild it with "
-                               "`diffhpo record`")
-        want = side.read_text().split()[:1]
-        if want != [digest]:
-            raise DiffhpoError(f"recorded table {str(path)!r} does not match its checksum ({side.name}: "
-                               f"{(want or ['empty'])[0][:12]}..., file: {digest[:12]}...); it is corrupt or was "
-                               "edited, rebuild it with `diffhpo record`")
-    try:
-        with gzip.open(path, "rt") as f:
-            first = f.readline()
-            if not first.startswith("# "):
-                raise ValueError("no metadata line")
-            meta = json.loads(first[2:])
-            frame = pd.read_csv(f, keep_default_na=True)
-    except (OSError, EOFError, ValueError, json.JSONDecodeError, pd.errors.ParserError) as exc:
-        raise DiffhpoError(f"recorded table {str(path)!r} is corrupt ({type(exc).__name__}: "
-                           f"{str(exc).strip()[:120]}); rebuild it with `diffhpo record`") from None
-    if meta.get("format") != FORMAT or "space" not in meta or "metrics" not in meta:
-        raise DiffhpoError(f"recorded table {str(path)!r} is not a diffhpo table of format {FORMAT}")
-    if "error" in frame:
-        frame["error"] = frame["error"].astype(object).where(frame["error"].notna(), "")
-    return Table(path, meta, frame, digest)
-
-
-def check_table_for(table: Table, *, task: str, profile: str, version: str, variant: str,
-                    space: Mapping[str, BaseDistribution]) -> None:
-    """Refuse a table recorded for another task, profile, task version or space."""
-    m, where = table.meta, f"recorded table {str(table.path)!r}"
-    for what, have, want in (("task", m.get("task"), task), ("profile", m.get("profile"), profile),
-                             ("space variant", m.get("space_variant"), variant),
-                             ("task version (configuration key)", m.get("task_version"), version)):
-        if have != want:
-            raise DiffhpoError(f"{where} was recorded for {what} {have!r}, not {want!r}; rebuild it with "
-                               f"`diffhpo record` for this {what.split(' (')[0]}")
-    if m.get("space") != space_json(space):
-        raise DiffhpoError(f"{where} was recorded for another search space ({', '.join(m.get('space', {}))}) "
-                           f"than the task's ({', '.join(space)}); rebuild it with `diffhpo record`")
-    if not m.get("complete", False):
-        raise DiffhpoError(f"{where} is incomplete ({m.get('rows')} of {m['plan']['evaluations']} evaluations); "
-                           "finish the recording first (rerun the same `diffhpo record` command)")
-
-
-def default_table_path(task: Any, variant: str) -> Path:
-    return TABLES_DIR / f"{table_stem(task, variant)}.csv.gz"
 
 
 def elapsed_since(t0: float) -> str:

@@ -14,7 +14,7 @@ from . import comparison as cmp
 from .analysis import ranks as ranks_mod
 from .analysis import verdict as verdict_mod
 from .html import Section
-from .report import objective_text, summary_table
+from .report_tables import objective_text, summary_table
 
 
 def lead(comp: cmp.Comparison, pictures: dict[str, list[Path]], warnings: list[str]) -> list[Section]:

@@ -47,19 +47,19 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from ..methods import METHODS
-from ..methods.base import Method, MethodContext
-from ..methods.seeding import seeded
-from . import options as opt
+from .contracts.method import Method, MethodContext
+from .toolkit.seeding import seeded
+from .contracts import options as opt
 from . import storage as st
 from . import hooks, workers
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .measure import measure
-from .registry import TASKS
+from .contracts.registry import TASKS
 from .search import Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
-from .seeds import check_seeds, final_seeds
+from .contracts.seeds import check_seeds, final_seeds
 from .simulate import check_simulate, search_simulated
 
-Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
+Task = Any  # a diffhpo.bench.contracts.task.Task; bench/ names tasks only through the registry
 
 
 @dataclass
@@ -99,7 +99,7 @@ class CellOutcome:
 
 def build_tasks(spec: RunSpec) -> dict[str, Task]:
     """Every task of the matrix with its options checked, then each task's
-    :meth:`~diffhpo.tasks.base.Task.check_ready` (data, weights, drivers, devices): a
+    :meth:`~diffhpo.bench.contracts.task.Task.check_ready` (data, weights, drivers, devices): a
     missing piece stops the run here, before any cell spends budget."""
     tasks = {name: TASKS.get(name)(spec.profile, **spec.task_options) for name in spec.tasks}
     for task in tasks.values():
@@ -142,7 +142,7 @@ def check_folders(folders: Mapping[str, Path]) -> None:
     ``MPLCONFIGDIR`` into the diffhpo cache instead, which matplotlib would otherwise replace
     by a temporary folder with a warning on stderr (an ``MPLCONFIGDIR`` set by the user is
     checked like the others)."""
-    from .cache import cache_root
+    from .toolkit.cache import cache_root
 
     todo = {**folders, "diffhpo cache ($DIFFHPO_CACHE, default ~/.cache/diffhpo)": cache_root()}
     mpl = os.environ.get("MPLCONFIGDIR")
@@ -273,7 +273,7 @@ def _check_method_options(spec: RunSpec, methods: Mapping[str, Method]) -> None:
 
 def checked_method_options(name: str, method: Method, raw: Mapping[str, Any]) -> dict[str, Any]:
     """A method's ``--method-option`` values, converted and checked against its declared
-    options (:mod:`diffhpo.bench.options`); only the keys given are returned."""
+    options (:mod:`diffhpo.bench.contracts.options`); only the keys given are returned."""
     declared = method.options
     if not isinstance(declared, type):  # a plug-in naming its keys only: numbers where they parse
         for key in raw:
@@ -702,7 +702,7 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
 
 def _final_protocol(cell: Cell) -> None:
     """Re-evaluate the method's choice under the task's final protocol, ``task.final_repeats``
-    times on independent lower-level seeds (:func:`~diffhpo.bench.seeds.final_seeds`): the
+    times on independent lower-level seeds (:func:`~diffhpo.bench.contracts.seeds.final_seeds`): the
     stored ``final_metrics`` are the means, ``final_metrics_std`` the spreads (sample std).
     Each finished repeat is stored at once, so an interrupted final protocol resumes."""
     study, task, method, seed = cell.study, cell.task, cell.method, cell.seed

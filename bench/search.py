@@ -3,7 +3,7 @@
 Budget accounting is exact with any number of workers. A trial *counts* when it is
 COMPLETE or failed with a recorded cost (its evaluation raised or returned NaN); trials cut
 off by an interruption, trials released unevaluated, and trials failed for a cause outside
-their configuration (:func:`~diffhpo.bench.errors.environment_cause`: a missing or corrupted
+their configuration (:func:`~diffhpo.bench.contracts.errors.environment_cause`: a missing or corrupted
 file, permissions, a full disk), do not. The last kind also stops the cell's search
 (:class:`EnvironmentStop`) and is retried by the next run. Before asking, a worker
 checks that the counted cost plus the expected cost of the trials still running is below
@@ -35,13 +35,13 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from ..methods.base import Method, MethodContext
+from .contracts.method import Method, MethodContext
 from . import hooks, workers
-from .errors import ENVIRONMENT, environment_cause
-from .fidelity import progress_reporter
+from .contracts.errors import ENVIRONMENT, environment_cause
+from .contracts.fidelity import progress_reporter
 from .measure import measure
 
-Task = Any  # a diffhpo.tasks.base.Task; bench/ names tasks only through the registry
+Task = Any  # a diffhpo.bench.contracts.task.Task; bench/ names tasks only through the registry
 
 POLL_S = 0.2
 INTERRUPTED = "interrupted"
@@ -76,7 +76,7 @@ UNCOUNTED = (INTERRUPTED, "released", ENVIRONMENT)
 
 
 class EnvironmentStop(Exception):
-    """A trial failed for a cause outside its configuration (:func:`~diffhpo.bench.errors.environment_cause`):
+    """A trial failed for a cause outside its configuration (:func:`~diffhpo.bench.contracts.errors.environment_cause`):
     the cell's search stops at once, instead of spending its budget on trials that would
     all fail the same way. The trial is not counted and its configuration is enqueued
     again, so the next run, on a repaired machine, retries the cell instead of finding it

@@ -64,7 +64,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from . import workers
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .search import Cell, Ledger, _one_trial, _postfix, counts, ledger, search_over
 
 KEYS = ("sim_worker", "sim_ask_s", "sim_start_s", "sim_end_s", "sim_model_s", "sim_visible")

@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from . import workers
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .provenance import redact_url as shown
 
 CELL_MARK = "diffhpo_cell"

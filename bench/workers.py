@@ -23,7 +23,7 @@ from typing import Iterator
 import optuna
 from optuna.trial import TrialState
 
-from .errors import DiffhpoError
+from .contracts.errors import DiffhpoError
 from .provenance import redact_url
 
 HOST = socket.gethostname()
@@ -81,7 +81,7 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     Like Optuna's ``RetryHeartbeatStaleTrialCallback``, the copy keeps the parameters and
     the system attributes (a grid point, a bilevel slot; not a pruner's rungs) and records ``failed_trial`` (the
     original's number, which keeps the configuration's slot, see
-    :func:`diffhpo.methods.seeding.slot`) and ``retry_history``. Unlike it, the copy does not
+    :func:`diffhpo.bench.toolkit.seeding.slot`) and ``retry_history``. Unlike it, the copy does not
     inherit the user attributes: the original's ``fail_reason``, worker and timings belong
     to the original, and trials.csv shows each trial's own record.
 

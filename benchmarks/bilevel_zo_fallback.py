@@ -40,9 +40,9 @@ from optuna.distributions import FloatDistribution
 
 from diffhpo.methods import random as random_method
 from diffhpo.methods import tpe as tpe_method
-from diffhpo.methods.base import MethodContext
+from diffhpo.bench.contracts.method import MethodContext
 from diffhpo.methods.bilevel import BilevelSampler
-from diffhpo.methods.space import centre
+from diffhpo.bench.contracts.space import centre
 from diffhpo.tasks.quadratic import QuadraticTask
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 
 
 def timed(fn) -> float:

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from diffhpo.methods.seeding import derive_seed
+from diffhpo.bench.toolkit.seeding import derive_seed
 from diffhpo.tasks.gmm import GmmRewardTask
 from diffhpo.tasks.gmm.distance import energy_distance
 from diffhpo.tasks.gmm.mixture import tilt

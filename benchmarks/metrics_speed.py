@@ -30,8 +30,8 @@ def main() -> None:
 
     import torch
 
-    from diffhpo.bench.data import load_mnist
-    from diffhpo.bench.metrics import compute_fidelity
+    from diffhpo.bench.toolkit.data import load_mnist
+    from diffhpo.bench.toolkit.metrics import compute_fidelity
 
     generated = load_mnist("mnist5k", "train")[0][: args.n]  # fills the data cache outside the timing
     load_mnist("mnist5k", "heldout")

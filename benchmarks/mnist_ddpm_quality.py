@@ -44,9 +44,9 @@ def main() -> None:
 
     import torch
 
-    from diffhpo.bench.data import load_mnist
-    from diffhpo.bench.metrics import compute_fidelity
-    from diffhpo.bench.metrics.images import to_uint8
+    from diffhpo.bench.toolkit.data import load_mnist
+    from diffhpo.bench.toolkit.metrics import compute_fidelity
+    from diffhpo.bench.toolkit.metrics.images import to_uint8
     from diffhpo.tasks.reward import mnist_models as mm
     from diffhpo.tasks.reward.guidance import sample_images
 

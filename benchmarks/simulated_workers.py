@@ -30,7 +30,7 @@ import optuna
 
 from diffhpo.bench import storage as st
 from diffhpo.bench.analysis.regret import search_path, value_at
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.report import collect
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.tasks.quadratic import QuadraticTask

@@ -1,11 +1,11 @@
 """HPO methods: one module per method, one registration line each.
 
 External packages register more through the ``diffhpo.methods`` entry-point group (see
-:mod:`diffhpo.methods.base`).
+:mod:`diffhpo.bench.contracts.method`).
 """
 
 from . import bilevel, botorch, default, grid, hyperband, median, none, random, sha, tpe, weighted_sum
-from .base import METHODS, Method, MethodContext, register_method
+from ..bench.contracts.method import METHODS, Method, MethodContext, register_method
 
 register_method("grid", grid.METHOD)
 register_method("random", random.METHOD)

@@ -38,7 +38,7 @@ gamma is the sign that growing gamma does not help.)
 **Drift variants** of the single loop (issue 27, :mod:`diffhpo.tasks.single_loop`, all off by
 default): ``prox_mu`` (a proximal term on y's objective), ``resync_every`` (periodic
 ``y <- z``), ``y_step_ratio`` (fewer inner steps on y); the sampler passes them to the
-oracle through :class:`~diffhpo.tasks.base.OracleContext` and ignores them otherwise.
+oracle through :class:`~diffhpo.bench.contracts.task.OracleContext` and ignores them otherwise.
 
 **Presets.** ``preset="paper"`` (``--method-option bilevel.preset=paper``) reproduces the
 reference code's schedule-tuning update rule and iteration structure within the budget
@@ -111,6 +111,11 @@ depend on it in that trial). A trial lacking a parameter and that record (writte
 older version) is left out of the replay, as a failed one: its slot is proposed again.
 Either way a stored trial never stops the sampler.
 
+A trial whose hypergradient is not finite (the oracle's networks diverged: found on
+``gmm-schedule`` with the paper preset, seed 2, whose last iterate became NaN and failed the
+final protocol) counts as its iteration but moves nothing: the iterate and the step rule's
+state stay as they were, so the method never outputs a NaN point.
+
 Example::
 
     import optuna
@@ -142,15 +147,15 @@ from optuna.search_space import intersection_search_space
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from ..bench.options import option
-from ..tasks.base import ZO_TERMS, OracleContext
-from . import space as sp
-from .base import Method, MethodContext
+from ..bench.contracts.options import option
+from ..bench.contracts.task import ZO_TERMS, OracleContext
+from ..bench.contracts import space as sp
+from ..bench.contracts.method import Method, MethodContext
 from . import bilevel_paper as paper
-from .seeding import derive_seed
-from .seeding import slot as config_slot
+from ..bench.toolkit.seeding import derive_seed
+from ..bench.toolkit.seeding import slot as config_slot
 from .step_rules import RULES, StepRule
-from .zeroth_order import forward_estimate, gaussian_directions, orthonormal_directions, two_point_estimate
+from ..bench.toolkit.zeroth_order import forward_estimate, gaussian_directions, orthonormal_directions, two_point_estimate
 
 SLOT_KEY = "bilevel:slot"
 POINT_KEY = "bilevel:point"  # the values the trial's slot proposed for the movable space
@@ -430,8 +435,9 @@ class BilevelSampler(BaseSampler):
             if t is None or GRAD_KEY not in t.user_attrs:
                 return _State(k, u, "oracle", {(0, 0): u})
             g = sign * coords.grad_to_unit(t.params, t.user_attrs[GRAD_KEY])
-            value = np.array([float(t.params[n]) for n in coords.names])
-            u = np.clip(u - opt.step(g, coords.unit_per_natural(t.params), value), 0.0, 1.0)
+            if np.all(np.isfinite(g)):  # a non-finite estimate moves nothing (module doc)
+                value = np.array([float(t.params[n]) for n in coords.names])
+                u = np.clip(u - opt.step(g, coords.unit_per_natural(t.params), value), 0.0, 1.0)
             k += 1
 
     def _replay_central(self, coords: _Coords, done: dict, sign: float) -> _State:
@@ -577,7 +583,7 @@ class BilevelSampler(BaseSampler):
         self._single(study)
         if sp.is_numeric(param_distribution) and param_distribution.low == param_distribution.high:
             return sp.snap(param_distribution, param_distribution.low)
-        # seeded by the slot, which is the trial number without retries (methods/seeding.py): a
+        # seeded by the slot, which is the trial number without retries (bench/toolkit/seeding.py): a
         # retry of a trial cut off before this draw draws the same value
         rng_seed = derive_seed(self.seed, config_slot(study, trial), zlib.crc32(param_name.encode()))
         return RandomSampler(seed=rng_seed).sample_independent(study, trial, param_name, param_distribution)

@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 import torch
 
-from .base import Method, MethodContext, best_params, startup_trials
-from .seeding import TrialSeeded
+from ..bench.contracts.method import Method, MethodContext, best_params, startup_trials
+from ..bench.toolkit.seeding import TrialSeeded
 
 
 def _sampler_class():

@@ -17,7 +17,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from .base import Method, MethodContext, best_params
+from ..bench.contracts.method import Method, MethodContext, best_params
 
 
 class DefaultSampler(BaseSampler):

@@ -5,8 +5,8 @@ import math
 
 import optuna
 
-from .base import Method, MethodContext, best_params
-from .seeding import TrialSeeded, slot
+from ..bench.contracts.method import Method, MethodContext, best_params
+from ..bench.toolkit.seeding import TrialSeeded, slot
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -14,7 +14,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     Optuna gives trial number n the n-th point of the seeded grid order. A trial retried
     after an interruption takes a new number, so numbering would skip a point; the point is
-    assigned by the trial's slot instead (:func:`diffhpo.methods.seeding.slot`), and a
+    assigned by the trial's slot instead (:func:`diffhpo.bench.toolkit.seeding.slot`), and a
     retry keeps its original's point (its ``grid_id`` system attribute is copied).
 
     ``GridSampler.after_trial`` calls ``study.stop()`` once every grid point has been

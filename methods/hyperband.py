@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from ..bench.fidelity import FIDELITY_STEPS
-from .base import Method, MethodContext, best_params
+from ..bench.contracts.fidelity import FIDELITY_STEPS
+from ..bench.contracts.method import Method, MethodContext, best_params
 from .fidelity import min_resource
-from .seeding import slot
+from ..bench.toolkit.seeding import slot
 from .tpe import make_sampler  # the same proposals as `tpe`
 
 

@@ -9,7 +9,7 @@ Example (on a task with a fidelity)::
 
 import optuna
 
-from .base import Method, MethodContext, best_params, startup_trials
+from ..bench.contracts.method import Method, MethodContext, best_params, startup_trials
 from .tpe import make_sampler  # the same proposals as `tpe`
 
 

@@ -8,7 +8,7 @@ parameters. Tasks without that variant skip this method.
 
 import optuna
 
-from .base import Method, MethodContext, best_params
+from ..bench.contracts.method import Method, MethodContext, best_params
 
 
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:

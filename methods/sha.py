@@ -9,7 +9,7 @@ Example (on a task with a fidelity)::
 
 import optuna
 
-from .base import Method, MethodContext, best_params
+from ..bench.contracts.method import Method, MethodContext, best_params
 from .fidelity import min_resource
 from .random import make_sampler  # the same proposals as `random`
 

@@ -2,8 +2,8 @@
 
 import optuna
 
-from .base import Method, MethodContext, best_params, startup_trials
-from .seeding import TrialSeeded
+from ..bench.contracts.method import Method, MethodContext, best_params, startup_trials
+from ..bench.toolkit.seeding import TrialSeeded
 
 
 def make_sampler(ctx: MethodContext) -> optuna.samplers.BaseSampler:

@@ -8,7 +8,7 @@ search over the task's ``w`` grid in a seeded order, the same protocol as ``grid
 lambda, on the same budget. Tasks without that variant skip this method.
 """
 
-from .base import Method, best_params
+from ..bench.contracts.method import Method, best_params
 from .grid import grid_size, make_sampler  # the same protocol as grid search, over the w grid
 
 METHOD = Method(

@@ -1,11 +1,11 @@
 """Benchmark tasks: one module (or package) per task, one registration line each.
 
 External packages register more through the ``diffhpo.tasks`` entry-point group, whose
-values are :class:`~diffhpo.tasks.base.Task` subclasses.
+values are :class:`~diffhpo.bench.contracts.task.Task` subclasses.
 """
 
-from ..bench.registry import TASKS
-from .base import Metric, OracleContext, OracleResult, Task
+from ..bench.contracts.registry import TASKS
+from ..bench.contracts.task import Metric, OracleContext, OracleResult, Task
 from .quadratic import QuadraticTask
 from .mnist_schedule import MnistScheduleTask
 from .reward import RewardMnistTask, RewardSdTask

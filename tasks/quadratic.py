@@ -37,8 +37,8 @@ import numpy as np
 from optuna.distributions import FloatDistribution
 from scipy.optimize import minimize
 
-from ..bench.options import option
-from .base import Metric, OracleContext, OracleResult, Task
+from ..bench.contracts.options import option
+from ..bench.contracts.task import Metric, OracleContext, OracleResult, Task
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,14 @@ class ScheduleSpace:
     @classmethod
     def diagnostics(cls, cells, trials, folder):
         """The bilevel method's premise rows and term SNRs (:mod:`.schedule_diagnostics`), for
-        the report's ``Diagnostics: bilevel`` section; the ranges of each cell's schedule family."""
-        from .schedule_diagnostics import report_diagnostics
+        the report's ``Diagnostics: bilevel`` section; the ranges of each cell's schedule family;
+        and, where the storage has ``default`` cells, the paper's headline claim beside every
+        method's final value relative to the default schedule."""
+        from .schedule_diagnostics import claim_diagnostics, report_diagnostics
 
         default = next(iter(cls.profiles.values())).schedule
         return report_diagnostics(cls.name, lambda config: S.RANGES[config.get("schedule", default)],
-                                  cells, trials, folder)
+                                  cells, trials, folder) + claim_diagnostics(cls.name, cells)
 
     def search_space(self) -> dict[str, FloatDistribution]:
         return {n: FloatDistribution(lo, hi) for n, (lo, hi) in self.ranges.items()}

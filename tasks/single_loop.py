@@ -38,7 +38,7 @@ One call of :meth:`SingleLoop.iterate` is one outer iteration k:
 3. the analytic ``grad_q g`` of ``y`` and of ``z`` by autograd through ``alphabar(q)``, on
    one common batch (``bl_qgrad_batch``): penalty term ``(gamma/w) (grad_q g(q, y) - grad_q g(q, z))``;
 4. a two-point zeroth-order estimate of ``grad_q f(q, y)`` (the estimator of
-   :mod:`diffhpo.methods.zeroth_order`): ``bl_zo_directions`` Gaussian directions ``u`` in
+   :mod:`diffhpo.bench.toolkit.zeroth_order`): ``bl_zo_directions`` Gaussian directions ``u`` in
    *normalised* coordinates (each parameter divided by its range, so that one radius
    ``bl_zo_delta`` suits parameters of different scales), ``f`` at ``Proj(q +/- delta u)``
    from ``bl_zo_samples`` samples that start from the *same* noise for every perturbation
@@ -83,6 +83,13 @@ one that is set enters the checkpoints' key:
   takes 10 steps on the plain network and 1 on the penalised one per q-update (the note of
   :data:`PAPER_LOOP`; ``y_step_ratio=0.1`` with 10 inner steps); spreading them is ours.
 
+**A diverged y restarts from z** (always on, not a variant): an outer iteration whose
+checkpointed y has non-finite weights starts with ``y <- z`` as a re-sync does, and records
+``y_reset``; that iteration's predecessor reported a NaN hypergradient, which the sampler
+ignores (:mod:`diffhpo.methods.bilevel`). Found on ``gmm-schedule`` with the paper preset
+(gamma = 1, seed 2: y's loss NaN at the last outer iteration); a cell without a divergence is
+unchanged.
+
 The fourth variant, gamma growth tied to the measured drift, is the sampler's
 (``bilevel.gamma_rule=drift``, :func:`diffhpo.methods.bilevel.drift_gammas`): the oracle
 only sees the resulting ``gamma``.
@@ -126,10 +133,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..bench.cache import torch_save_atomic
-from ..methods.seeding import derive_seed
-from ..methods.zeroth_order import gaussian_directions, two_point_estimate
-from .base import OracleContext, OracleResult
+from ..bench.toolkit.cache import torch_save_atomic
+from ..bench.toolkit.seeding import derive_seed
+from ..bench.toolkit.zeroth_order import gaussian_directions, two_point_estimate
+from ..bench.contracts.task import OracleContext, OracleResult
 from .mnist_schedule import schedules as S
 from .mnist_schedule import training as tr
 
@@ -331,6 +338,7 @@ class SingleLoop:
         stream = task.new_stream(seed)
 
         # 1. state
+        diverged = False
         if k == 0:
             st = self._fresh(seed)
             warm = self.warmup_steps(cfg)
@@ -340,7 +348,10 @@ class SingleLoop:
         else:
             prev = self._load(folder, k - 1, key)
             st = self._restore(prev)
-            if resync_due(k, int(context.resync_every)):
+            diverged = not all(bool(torch.isfinite(p).all()) for p in st["y"].parameters())
+            if diverged or resync_due(k, int(context.resync_every)):
+                # a y that diverged (non-finite weights) restarts from z: the penalised iterate is
+                # only meaningful near z, and a NaN y would make every later estimate NaN
                 st["y"], st["m_y"], st["ema_y"] = self._clone(st["z"], st["opt_z"], st["ema_z"])
             else:
                 rescale_deviation(st["y"], st["z"], float(prev["gamma"]) / gamma)
@@ -432,6 +443,8 @@ class SingleLoop:
         }
         if context.resync_every:
             info["resynced"] = float(k > 0 and resync_due(k, int(context.resync_every)))
+        if k > 0 and diverged:
+            info["y_reset"] = 1.0  # y had diverged in the previous iteration and restarted from z
         if context.y_step_ratio != 1.0:
             info["y_steps"] = float(len(y_steps))
         for i, n in enumerate(names):

@@ -1,10 +1,15 @@
 import os
 import socket
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# the test-support modules (toys.py: the shared toy tasks) import as top-level modules
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

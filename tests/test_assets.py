@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from diffhpo.bench import assets
-from diffhpo.bench.data import load_mnist
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.metrics import feature_net
+from diffhpo.bench.toolkit import assets
+from diffhpo.bench.toolkit.data import load_mnist
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.toolkit.metrics import feature_net, feature_net_asset
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 
@@ -51,7 +51,7 @@ def test_tampered_weights_are_rejected(tmp_path):
 
 
 def test_builder_writes_verifiable_weights_and_record(tmp_path):
-    record = assets.build_feature_net(tmp_path, seed=3, epochs=2, train_images=200)
+    record = feature_net_asset.build_feature_net(tmp_path, seed=3, epochs=2, train_images=200)
     assert record["seed"] == 3 and record["epochs"] == 2 and record["train_size"] == 200
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]  # it learns

@@ -11,8 +11,8 @@ import sys
 import pandas as pd
 import pytest
 
-from diffhpo.bench import atomic
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.toolkit import atomic
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.cli import main
 

@@ -243,15 +243,15 @@ def test_the_table_is_large():
 
 
 def test_every_option_of_every_task_and_method_is_declared():
-    from diffhpo.bench.options import Spec, undeclared
-    from diffhpo.bench.registry import TASKS
+    from diffhpo.bench.contracts.options import Spec, undeclared
+    from diffhpo.bench.contracts.registry import TASKS
     from diffhpo.methods import METHODS
 
     configs = [cfg for _, cls in TASKS.items() for cfg in cls.profiles.values()]
     configs += [m.options() for _, m in METHODS.items() if isinstance(m.options, type)]
     assert configs and undeclared(configs) == []
     for cfg in configs:  # every profile's own defaults pass the checks
-        from diffhpo.bench.options import check
+        from diffhpo.bench.contracts.options import check
 
         check("test", cfg)
     assert Spec(ge=0, le=9).problem((3, 12)) and not Spec(ge=0, le=9).problem((3, 8))

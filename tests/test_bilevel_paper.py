@@ -7,8 +7,8 @@ from optuna.trial import create_trial
 
 from diffhpo.methods.bilevel import BilevelSampler, make_sampler
 from diffhpo.methods.bilevel_paper import REFERENCE_Q_UPDATES, cycle_length
-from diffhpo.methods.base import MethodContext
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.method import MethodContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmScheduleTask
 from diffhpo.tasks.mnist_schedule.schedules import PARAM_NAMES
 from diffhpo.tasks.single_loop import PAPER_LOOP, SingleLoop, ablated

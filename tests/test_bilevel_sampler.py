@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from diffhpo.methods.bilevel import BilevelSampler
-from diffhpo.methods.zeroth_order import gaussian_directions, two_point_estimate
+from diffhpo.bench.toolkit.zeroth_order import gaussian_directions, two_point_estimate
 
 SPACE = {
     "x": optuna.distributions.FloatDistribution(-5, 5),
@@ -149,3 +149,26 @@ def test_central_differences_on_failure_leave_a_curved_valley_start(seed):
         final[central] = (1 - p["x"]) ** 2 + 100 * (p["y"] - p["x"] ** 2) ** 2
     assert final["never"] == 1.0
     assert final["on-failure"] < 0.9
+
+
+@pytest.mark.parametrize("optimizer", ["rprop", "adam", "adamw"])
+def test_a_non_finite_hypergradient_moves_nothing(optimizer):
+    """A diverged oracle (NaN hypergradient, finite value) leaves the iterate where it was; the
+    next finite estimate steps from there, so the output is never NaN."""
+    seen = []
+
+    def obj(trial):
+        x = trial.suggest_float("x", -5, 5)
+        seen.append(x)
+        bad = len(seen) in (3, 4)
+        trial.set_user_attr("hypergrad", {"x": float("nan") if bad else 2 * (x - 1.0)})
+        return (x - 1.0) ** 2
+
+    study = optuna.create_study(sampler=BilevelSampler({"x": SPACE["x"]}, start={"x": 4.0}, seed=0,
+                                                       optimizer=optimizer))
+    study.optimize(obj, n_trials=4)
+    assert np.isfinite(study.sampler.current_params(study)["x"])
+    assert study.sampler.current_params(study)["x"] == pytest.approx(seen[2])  # two NaN steps: no move
+    study.optimize(obj, n_trials=20)
+    assert np.isfinite(seen).all() and seen[4] == pytest.approx(seen[2])
+    assert abs(study.sampler.current_params(study)["x"] - 1.0) < abs(seen[2] - 1.0)

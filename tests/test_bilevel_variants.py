@@ -3,16 +3,18 @@ settings with each cell: the proximal step against autograd, the drift rule's de
 scripted drift, re-sync under a kill and resume, fewer y steps, a rerun under other resolved
 settings refused."""
 
+import math
+
 import optuna
 import pytest
 import torch
 
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.bench.runner import prepare_cell
 from diffhpo.methods import METHODS
 from diffhpo.methods.bilevel import BilevelOptions, BilevelSampler, drift_gammas
 from diffhpo.tasks import single_loop as sl
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmScheduleTask
 from diffhpo.tasks.quadratic import QuadraticTask
 
@@ -194,3 +196,22 @@ def test_a_cell_stored_before_the_record_is_not_given_one(tmp_path, monkeypatch)
     assert "method_settings" not in again.study.user_attrs
     with pytest.raises(DiffhpoError, match="was run with --method-option \\(none\\), not step=0.1"):
         _cell(storage, step=0.1)
+
+
+def test_a_diverged_y_restarts_from_z(tmp_path):
+    """A checkpoint whose y has non-finite weights (the oracle diverged) resumes with y <- z:
+    the next estimate is finite and says so (``y_reset``); without a divergence nothing changes."""
+    task = GmmScheduleTask("smoke")
+    q = task.default_params()
+    for k in range(2):
+        clean = task.oracle(q, 0, _ctx(k, tmp_path / "clean"))
+    assert "y_reset" not in clean.info
+    task.oracle(q, 0, _ctx(0, tmp_path / "nan"))
+    path = sl.SingleLoop._path(tmp_path / "nan", 0)
+    state = torch.load(path, weights_only=False)
+    state["y"] = {n: torch.full_like(v, float("nan")) if v.is_floating_point() else v for n, v in state["y"].items()}
+    torch.save(state, path)
+    again = GmmScheduleTask("smoke").oracle(q, 0, _ctx(1, tmp_path / "nan"))
+    assert again.info["y_reset"] == 1.0
+    assert all(math.isfinite(g) for g in again.grad.values())
+    assert again.info["yz_distance"] < clean.info["yz_distance"] + 1.0

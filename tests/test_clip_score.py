@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.metrics.clip_score import ClipScorer, ClipScoreResult, compute_clip_score
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.toolkit.metrics.clip_score import ClipScorer, ClipScoreResult, compute_clip_score
 from diffhpo.tasks.reward.tiny import tiny_clip
 
 

@@ -27,11 +27,11 @@ import os
 import numpy as np
 import optuna
 import pytest
-from diffhpo.methods import space as sp
+from diffhpo.bench.contracts import space as sp
 from diffhpo.methods.bilevel import BilevelSampler
 from diffhpo.methods.default import DefaultSampler
 from diffhpo.methods.grid import _GridSampler
-from diffhpo.methods.seeding import TrialSeeded
+from diffhpo.bench.toolkit.seeding import TrialSeeded
 from optuna.distributions import FloatDistribution
 from optuna.testing.pytest_samplers import (
     BasicSamplerTestCase,

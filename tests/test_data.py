@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffhpo.bench import data
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.toolkit import data
+from diffhpo.bench.contracts.errors import DiffhpoError
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 

@@ -7,57 +7,34 @@ import os
 import numpy as np
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from diffhpo.bench import storage as st
-from diffhpo.bench.cache import CacheWarning
-from diffhpo.bench.errors import DiffhpoError, environment_cause
+from diffhpo.bench.toolkit.cache import CacheWarning
+from diffhpo.bench.contracts.errors import DiffhpoError, environment_cause
 from diffhpo.bench.runner import RunSpec, check_folders, run_matrix
 from diffhpo.cli import main
-from diffhpo.tasks import TASKS, Metric, Task
+from toys import ToyTask, registered
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 
 
-class _Flaky(Task):
-    """A task whose evaluation raises ``error`` (a cause outside the configuration) while set."""
+class _Flaky(ToyTask):
+    """The toy task, its evaluation raising ``error`` (a cause outside the configuration) while set."""
 
     name = "flaky"
-    description = "test task"
-    profiles = {"smoke": type("C", (), {"budget": 6})()}
     error = None
-    calls = 0
 
-    def __init__(self, profile="smoke", **options):
-        self.profile, self.config = profile, self.profiles[profile]
-
-    def describe_config(self):
-        return {"budget": 6}
-
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
-
-    def search_space(self):
-        return {"x": FloatDistribution(-1, 1)}
-
-    def default_grid(self):
-        return {"x": [-1, 0, 1]}
-
-    def evaluate(self, params, seed, *, final=False):
-        type(self).calls += 1
+    def loss(self, params, seed, final):
         if type(self).error is not None:
             raise type(self).error
-        return {"loss": params["x"] ** 2}
+        return params["x"] ** 2
 
 
 @pytest.fixture
 def flaky():
-    TASKS.register("flaky", _Flaky)
-    _Flaky.calls, _Flaky.error = 0, None
-    yield _Flaky
-    TASKS.unregister("flaky")
+    with registered(_Flaky, error=None) as cls:
+        yield cls
 
 
 def _spec(out, method="random"):
@@ -133,7 +110,7 @@ def test_an_unreadable_bank_is_named_and_rebuilt(tmp_path, monkeypatch, empty):
 
 @pytest.mark.parametrize("empty", [True, False])
 def test_an_unreadable_mnist5k_file_is_named_and_rebuilt(tmp_path, monkeypatch, empty):
-    from diffhpo.bench import data
+    from diffhpo.bench.toolkit import data
 
     monkeypatch.setenv("DIFFHPO_CACHE", str(tmp_path))
     images, labels = data._load_mnist5k("train")
@@ -147,7 +124,7 @@ def test_an_unreadable_mnist5k_file_is_named_and_rebuilt(tmp_path, monkeypatch, 
 def test_unreadable_reference_statistics_are_named_and_removed(tmp_path):
     import torch
 
-    from diffhpo.bench.metrics import fidelity
+    from diffhpo.bench.toolkit.metrics import fidelity
 
     good, bad = tmp_path / "reference-stat.pt", tmp_path / "reference-features.pt"
     torch.save({"mu": np.zeros(3)}, good)

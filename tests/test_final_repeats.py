@@ -1,59 +1,37 @@
 """The final protocol repeated on independent lower-level seeds: means, spreads, seeds, and
 an interrupted final protocol that resumes without recomputing a finished repeat."""
 
-from dataclasses import dataclass
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 
 from diffhpo.bench import storage as st
-from diffhpo.bench.options import option
-from diffhpo.bench.registry import TASKS
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.bench.seeds import FINAL_SEED_OFFSET, REPEAT_STRIDE
-from diffhpo.tasks.base import Metric, Task
+from diffhpo.bench.contracts.seeds import FINAL_SEED_OFFSET, REPEAT_STRIDE
+from toys import ToyTask, registered, smoke
 
 
-@dataclass(frozen=True)
-class _Config:
-    final_repeats: int = option(3, "final-protocol repeats", ge=1, le=20)
-    budget: float = option(3.0, "evaluations per cell", gt=0)
-
-
-class _Noisy(Task):
+class _Noisy(ToyTask):
     """loss = x^2 + (seed mod 7): a final value that depends on the lower-level seed."""
 
     name = "noisy"
-    description = "test task"
-    profiles = {"smoke": _Config()}
+    profiles = smoke(3, final_repeats=3)
+    grid = (0.0,)
     final_calls: list = []
     stop_at = None
 
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
-
-    def search_space(self):
-        return {"x": FloatDistribution(-1, 1)}
-
-    def default_grid(self):
-        return {"x": [0.0]}
-
-    def evaluate(self, params, seed, *, final=False):
+    def loss(self, params, seed, final):
         if final:
             type(self).final_calls.append(seed)
             if len(type(self).final_calls) == type(self).stop_at:
                 raise KeyboardInterrupt
-        return {"loss": params["x"] ** 2 + seed % 7}
+        return params["x"] ** 2 + seed % 7
 
 
 @pytest.fixture
 def noisy():
-    TASKS.register("noisy", _Noisy)
-    _Noisy.final_calls, _Noisy.stop_at = [], None
-    yield _Noisy
-    TASKS.unregister("noisy")
+    with registered(_Noisy, final_calls=[], stop_at=None) as cls:
+        yield cls
 
 
 def test_repeats_report_mean_and_spread_and_resume(noisy, tmp_path):

@@ -8,8 +8,8 @@ import optuna
 import pytest
 import torch
 
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.options import undeclared
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.contracts.options import undeclared
 from diffhpo.methods.bilevel import BilevelSampler
 from diffhpo.tasks.gmm import GmmRewardTask
 from diffhpo.tasks.gmm.distance import energy_distance

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from diffhpo.bench.options import undeclared
+from diffhpo.bench.contracts.options import undeclared
 from diffhpo.tasks import schedule_landscape as land
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmScheduleTask
 from diffhpo.tasks.gmm.schedule_task import REFERENCE_FILE, reference
 from diffhpo.tasks.mnist_schedule.schedules import PARAM_NAMES

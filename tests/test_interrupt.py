@@ -26,11 +26,11 @@ from diffhpo import cli
 from diffhpo.bench import hooks
 from diffhpo.bench import storage as st
 from diffhpo.bench.report import write_report
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.methods import METHODS as METHOD_REGISTRY
-from diffhpo.methods.base import Method, best_params
-from diffhpo.tasks.base import Metric, Task
+from diffhpo.bench.contracts.method import Method, best_params
+from diffhpo.bench.contracts.task import Metric, Task
 
 METHODS = ["grid", "random", "tpe", "bilevel"]
 # 0.2 s per solve: a kill lands inside a trial most of the time, between trials otherwise, and nine

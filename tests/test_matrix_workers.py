@@ -142,7 +142,7 @@ def test_final_protocol_sees_the_trials_other_workers_added(tmp_path):
     study's cache of trials) while another process ran the whole search must choose the last
     iterate of the stored trajectory, not of the trials it saw when it joined."""
     from diffhpo.bench.runner import finish_cell, prepare_cell
-    from diffhpo.bench.registry import TASKS
+    from diffhpo.bench.contracts.registry import TASKS
     from diffhpo.bench.search import ledger, search
     from diffhpo.methods import METHODS
 

@@ -9,10 +9,10 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from diffhpo.bench import data
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.metrics import compute_fidelity, inception_score, to_uint8
-from diffhpo.bench.metrics.sanity import blur
+from diffhpo.bench.toolkit import data
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.toolkit.metrics import compute_fidelity, inception_score, to_uint8
+from diffhpo.bench.toolkit.metrics.sanity import blur
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 
@@ -120,7 +120,7 @@ def test_mnist_net_is_registered_and_takes_rgb_and_other_sizes():
 def test_one_preprocessing_for_uint8_and_differentiable_float_images():
     """preprocess (uint8, the metrics) is normalise (float, the bilevel and guidance code) of
     x / 255; resizing to 28 x 28 is plain bilinear when enlarging and antialiased when shrinking."""
-    from diffhpo.bench.metrics.feature_net import normalise, preprocess, to_input_size
+    from diffhpo.bench.toolkit.metrics.feature_net import normalise, preprocess, to_input_size
 
     F = torch.nn.functional
     grey = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
@@ -183,7 +183,7 @@ def test_inception_backend_with_local_weights_runs_offline(heldout, tmp_path, em
 
 
 def test_sanity_report_passes_its_checks():
-    from diffhpo.bench.metrics.sanity import run_sanity
+    from diffhpo.bench.toolkit.metrics.sanity import run_sanity
 
     report = run_sanity("mnist5k")
     json.dumps(report)  # JSON-ready

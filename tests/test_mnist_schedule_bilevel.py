@@ -7,7 +7,7 @@ import torch
 from diffhpo.bench import storage as st
 from diffhpo.bench.report import collect, summarise
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.mnist_schedule import MnistScheduleTask
 from diffhpo.tasks.mnist_schedule.schedules import PARAM_NAMES
 

@@ -177,7 +177,7 @@ def test_same_seed_same_training_and_metrics():
 def test_a_smaller_image_size_trains_small_and_measures_at_28():
     """``image_size=16``: the network trains on area-downsampled images and samples at 16 x 16;
     the metrics see bilinear-upsampled 28 x 28 images, like their reference."""
-    from diffhpo.bench.errors import DiffhpoError
+    from diffhpo.bench.contracts.errors import DiffhpoError
 
     task = MnistScheduleTask("smoke", image_size=16)
     data = task.train_data()
@@ -209,7 +209,7 @@ def test_task_declarations():
     assert {n: (d.low, d.high) for n, d in sig.search_space().items()} == S.SIGMOID_RANGES
     m = sig.evaluate(sig.default_params(), seed=0)
     assert math.isfinite(m["fid"]) and m["alphabar_T"] == pytest.approx(4.54e-5, rel=0.01)
-    from diffhpo.bench.errors import DiffhpoError
+    from diffhpo.bench.contracts.errors import DiffhpoError
 
     with pytest.raises(DiffhpoError):
         MnistScheduleTask("smoke", schedule="linear")

@@ -9,62 +9,20 @@ import textwrap
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from diffhpo.bench import storage as st
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.bench.fidelity import FIDELITY_STEPS
-from diffhpo.tasks.base import Metric, Task
-
-CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)
-
-
-class _Curves(Task):
-    """A 'training' of four checkpoints: loss(x, f) = (x - 0.3)^2 + (1 - f) / 4."""
-
-    name = "curves"
-    description = "test task with a fidelity"
-    has_fidelity = True
-    profiles = {"smoke": type("C", (), {"budget": 8.0, "checkpoints": CHECKPOINTS[:-1]})()}
-    calls = 0
-    interrupt_at = None
-
-    def __init__(self, profile="smoke", **options):
-        self.profile, self.config = profile, self.profiles[profile]
-
-    def describe_config(self):
-        return {"budget": 8.0}
-
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
-
-    def search_space(self):
-        return {"x": FloatDistribution(-1, 1)}
-
-    def default_grid(self):
-        return {"x": [-1.0, 0.0, 1.0]}
-
-    def evaluate(self, params, seed, *, final=False, report=None):
-        loss = 0.0
-        for f in CHECKPOINTS:
-            type(self).calls += 1
-            if type(self).calls == type(self).interrupt_at:
-                raise KeyboardInterrupt
-            loss = (params["x"] - 0.3) ** 2 + (1 - f) / 4
-            if report is not None and f < 1.0:
-                report(f, loss)
-        return {"loss": loss}
+from diffhpo.bench.contracts.fidelity import FIDELITY_STEPS
+from toys import registered
+from toys import CurvesTask as _Curves  # the shared toy task with a fidelity
 
 
 @pytest.fixture
 def curves():
-    TASKS.register("curves", _Curves)
-    _Curves.calls, _Curves.interrupt_at = 0, None
-    yield _Curves
-    TASKS.unregister("curves")
+    with registered(_Curves, interrupt_at=None) as cls:
+        yield cls
 
 
 def _spec(out, methods=("sha", "hyperband", "median")):

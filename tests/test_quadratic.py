@@ -74,7 +74,7 @@ def test_evaluate_reports_metrics_and_relative_gap(task):
 
 
 def test_options_override_profile_and_reject_unknown():
-    from diffhpo.bench.errors import DiffhpoError
+    from diffhpo.bench.contracts.errors import DiffhpoError
 
     t = QuadraticTask("smoke", n_groups="7")
     assert len(t.search_space()) == 7

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from diffhpo.bench import record as rec
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.errors import DiffhpoError
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.cli import main
 from diffhpo.tasks.surrogate import make_surrogate
 
@@ -279,3 +279,25 @@ def test_the_shipped_table_matches_its_task():
     rec.check_table_for(table, task=TASK, profile="quick", version=rec.task_version(real), variant="default",
                         space=real.search_space())
     assert table.meta["plan"]["configs"] >= 512 and table.meta["plan"]["replicated"] == 20
+
+
+def test_a_table_committed_part_way_registers_no_surrogate(tmp_path, monkeypatch):
+    import gzip
+    import json
+    import shutil
+
+    import diffhpo.tasks.surrogate as surrogate
+    from diffhpo.tasks import GmmScheduleTask, MnistScheduleTask
+
+    shipped = surrogate.TABLES_DIR / "gmm-schedule.quick.default.csv.gz"
+    shutil.copy(shipped, tmp_path / shipped.name)
+    with gzip.open(shipped, "rt") as f:
+        meta = json.loads(f.readline()[2:])
+    assert meta["complete"]
+    partial = dict(meta, complete=False, rows=3)
+    with gzip.open(tmp_path / "mnist-schedule.quick.default.csv.gz", "wt") as f:
+        f.write("# " + json.dumps(partial) + "\nindex\n0\n")
+    monkeypatch.setattr(surrogate, "TABLES_DIR", tmp_path)
+    names = [c.name for c in surrogate.builtin_surrogates({"gmm-schedule": GmmScheduleTask,
+                                                           "mnist-schedule": MnistScheduleTask})]
+    assert names == ["gmm-schedule-surrogate"]

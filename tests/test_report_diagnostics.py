@@ -8,11 +8,11 @@ from optuna.trial import TrialState, create_trial
 
 from diffhpo.bench import storage as st
 from diffhpo.bench.diagnostics import Diagnostic, known_optimum, pruning
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.report import collect, write_report
 from diffhpo.methods import METHODS
-from diffhpo.methods.base import Method
-from diffhpo.tasks.base import Task
+from diffhpo.bench.contracts.method import Method
+from diffhpo.bench.contracts.task import Task
 from diffhpo.tests.test_report_analysis import DIST, add_cell, synth_storage
 
 
@@ -106,3 +106,22 @@ def test_schedule_premise_rows_and_snr_from_the_trials_user_attributes():
     assert np.isclose(premise["|penalty| last"].iloc[0], round(4.0 * np.linalg.norm(width), 4))
     snr = d.tables[1][1].set_index("term")
     assert (snr.loc["SNR penalty"].astype(float) > 1).all()  # a steadily growing term: consistent sign
+
+
+def test_the_claim_table_compares_each_method_with_the_default_schedule_on_the_same_seeds():
+    from diffhpo.tasks.schedule_diagnostics import claim_diagnostics, claim_table
+
+    cells = pd.DataFrame({
+        "profile": ["quick"] * 5, "primary": ["fid"] * 5,
+        "method": ["default", "default", "bilevel", "bilevel", "random"], "seed": [0, 1, 0, 1, 2],
+        "final_fid": [200.0, 100.0, 160.0, 110.0, 90.0], "cost_ratio": [1.0, 1.0, 2.4, 2.6, 2.5],
+        "search_wall_s": [50.0, 50.0, 120.0, 130.0, 125.0], "spent": [1.0, 1.0, 2.5, 2.7, 3.0]})
+    table = claim_table(cells)
+    assert list(table.method) == ["bilevel"]  # random has no default cell on its seed
+    row = table.iloc[0]
+    assert row["per seed"] == "-20% / +10%" and row["better on"] == "1 of 2"
+    assert row["fid vs default (median)"] == "-5%" and row["search time (trainings, median)"] == "2.50"
+    assert row["spent (trainings, median)"] == "2.60"
+    (diag,) = claim_diagnostics("mnist-schedule", cells)
+    assert "claimed / measured here" in diag.title and "-30%" in diag.paragraphs[0]
+    assert claim_diagnostics("mnist-schedule", cells[cells.method != "default"]) == []

@@ -134,7 +134,7 @@ def test_exact_denoiser_of_a_small_data_set_reproduces_its_images():
     with the exact noise prediction of a mixture of K training images (posterior-weighted
     Tweedie mean) lands on those images: poor samples of a trained network are the
     network's, not the sampler's."""
-    from diffhpo.bench.data import load_mnist
+    from diffhpo.bench.toolkit.data import load_mnist
     from diffhpo.tasks.reward.mnist_models import SAMPLE_STEPS, SCHEDULER_CONFIG, to_unit_range
 
     images, labels = load_mnist("mnist5k", "train")

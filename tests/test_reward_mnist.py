@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from diffhpo.bench import assets
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.toolkit import assets
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.tasks import TASKS
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.reward import bank as bank_mod
 from diffhpo.tasks.reward import mnist_models as mm
 from diffhpo.tasks.reward import penalty as pen
@@ -41,7 +41,7 @@ def test_shipped_networks_match_checksums_and_records(filename):
 
 
 def test_guidance_classifier_accuracy():
-    from diffhpo.bench.data import load_mnist
+    from diffhpo.bench.toolkit.data import load_mnist
 
     images, labels = load_mnist("mnist5k", "heldout")
     net = mm.load_guidance_classifier()
@@ -56,7 +56,7 @@ def test_shipped_ddpm_quality_bar():
     """At least 80% of 1,000 samples, drawn as the task draws them (the quick profile's steps
     and eta), are classified with probability >= 0.9 by the feature network, and every digit
     is generated."""
-    from diffhpo.bench.metrics.images import to_uint8
+    from diffhpo.bench.toolkit.metrics.images import to_uint8
     from diffhpo.tasks.reward.guidance import sample_images
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffhpo.bench.options import undeclared
+from diffhpo.bench.contracts.options import undeclared
 from diffhpo.tasks.reward.mnist_task import RewardMnistTask
 from diffhpo.tasks.reward.rewards import ink, stroke_area
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def _digits(d):
-    from diffhpo.bench.data import load_mnist
+    from diffhpo.bench.toolkit.data import load_mnist
     from diffhpo.tasks.reward.mnist_models import to_unit_range
 
     images, labels = load_mnist("mnist5k", "heldout")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmRewardTask
 from diffhpo.tasks.reward.bank import Bank
 from diffhpo.tasks.reward.common import PremiseWarning, _cell_seed
@@ -52,7 +52,7 @@ def test_gmm_reward_bank_has_an_interior_optimum_and_no_warning():
 
 
 def test_cell_seed_of_final_seeds():
-    from diffhpo.bench.seeds import final_seeds
+    from diffhpo.bench.contracts.seeds import final_seeds
 
     for s in (0, 3, 41):
         assert [_cell_seed(f) for f in final_seeds(s, 3)] == [s] * 3
@@ -60,7 +60,7 @@ def test_cell_seed_of_final_seeds():
 
 
 def test_final_protocol_records_the_bank_prediction_and_the_report_writes_the_premise_plot(tmp_path):
-    from diffhpo.bench.seeds import final_seeds
+    from diffhpo.bench.contracts.seeds import final_seeds
 
     task = GmmRewardTask("smoke", sampler="exact", bank_cache=False)
     lam = 0.3
@@ -130,8 +130,8 @@ def test_the_premise_plot_uses_the_bank_curve_of_the_cells_configuration(tmp_pat
     """The bank curves of every configuration run on the machine share one cache folder; the
     report of a storage draws the curve of its own cells' configuration (cells.csv's
     ``config_key``), even when another configuration wrote its curve later."""
-    from diffhpo.bench.cache import config_key
-    from diffhpo.bench.seeds import final_seeds
+    from diffhpo.bench.toolkit.cache import config_key
+    from diffhpo.bench.contracts.seeds import final_seeds
     from diffhpo.tasks.reward.plots import premise
 
     mine = GmmRewardTask("smoke", sampler="exact", bank_cache=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.tasks.reward.rewards import RewardContext, make_reward
 
 

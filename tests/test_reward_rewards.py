@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.tasks.reward import rewards as R
 from diffhpo.tasks.reward.tiny import tiny_clip
 
@@ -86,8 +86,8 @@ def test_aesthetic_head_from_a_file_and_errors(clip, tmp_path):
 
 def test_clip_score_reward_matches_the_metric(clip):
     """The differentiable CLIP score agrees with the metrics' ClipScorer (100 x cosine)."""
-    from diffhpo.bench.metrics.clip_score import ClipScorer
-    from diffhpo.bench.metrics.images import to_uint8
+    from diffhpo.bench.toolkit.metrics.clip_score import ClipScorer
+    from diffhpo.bench.toolkit.metrics.images import to_uint8
 
     model, processor = clip
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -99,7 +99,7 @@ def test_clip_score_reward_matches_the_metric(clip):
 
 
 def test_mnist_rewards_on_held_out_digits():
-    from diffhpo.bench.data import load_mnist
+    from diffhpo.bench.toolkit.data import load_mnist
     from diffhpo.tasks.reward.mnist_models import to_unit_range
 
     images, labels = load_mnist("mnist5k", "heldout")

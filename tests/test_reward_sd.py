@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffhpo.bench.errors import DiffhpoError
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.tasks import TASKS
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.reward.tiny import tiny_clip, tiny_sd_pipeline
 
 pytestmark = pytest.mark.usefixtures("session_cache")

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from diffhpo.bench import storage as st
 from diffhpo.bench.report import collect, write_report
 from diffhpo.bench.runner import RunSpec, run_matrix
-from diffhpo.tasks import TASKS, Metric, Task
+from toys import ToyTask, registered, smoke
 
 
 def spec(tmp_path, **kw):
@@ -71,44 +71,23 @@ def test_rerun_skips_finished_cells_and_extends_budget(tmp_path):
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 9  # nothing re-proposed
 
 
-class _Interrupting(Task):
-    """Quadratic stand-in that raises KeyboardInterrupt on one chosen call."""
+class _Interrupting(ToyTask):
+    """The toy task, raising KeyboardInterrupt on one chosen call."""
 
     name = "interrupting"
-    description = "test task"
-    profiles = {"smoke": type("C", (), {"budget": 8})()}
-    calls = 0
+    profiles = smoke(8)
     interrupt_at = None
 
-    def __init__(self, profile="smoke", **options):
-        self.profile, self.config = profile, self.profiles[profile]
-
-    def describe_config(self):
-        return {"budget": 8}
-
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
-
-    def search_space(self):
-        return {"x": FloatDistribution(-1, 1)}
-
-    def default_grid(self):
-        return {"x": [-1, 0, 1]}
-
-    def evaluate(self, params, seed, *, final=False):
-        type(self).calls += 1
+    def loss(self, params, seed, final):
         if type(self).calls == type(self).interrupt_at:
             raise KeyboardInterrupt
-        return {"loss": params["x"] ** 2}
+        return params["x"] ** 2
 
 
 @pytest.fixture
 def interrupting():
-    TASKS.register("interrupting", _Interrupting)
-    _Interrupting.calls = 0
-    yield _Interrupting
-    TASKS.unregister("interrupting")
+    with registered(_Interrupting) as cls:
+        yield cls
 
 
 def test_interrupted_run_resumes_without_loss_or_recomputation(tmp_path, interrupting):
@@ -140,27 +119,21 @@ def test_interrupted_run_resumes_without_loss_or_recomputation(tmp_path, interru
     assert interrupting.calls == 4 + 1 + 8 + 1
 
 
-class _Flaky(_Interrupting):
+class _Flaky(ToyTask):
     name = "flaky"
+    profiles = smoke(8)
 
-    def evaluate(self, params, seed, *, final=False):
-        type(self).calls += 1
-        if final:
-            return {"loss": params["x"] ** 2}
-        if type(self).calls == 2:
+    def loss(self, params, seed, final):
+        if not final and type(self).calls == 2:
             raise ValueError("solver diverged")
-        if type(self).calls == 3:
-            return {"loss": math.nan}
-        return {"loss": params["x"] ** 2}
+        if not final and type(self).calls == 3:
+            return math.nan
+        return params["x"] ** 2
 
 
 def test_failed_and_nan_trials_are_recorded_and_the_matrix_goes_on(tmp_path):
-    TASKS.register("flaky", _Flaky)
-    _Flaky.calls = 0
-    try:
+    with registered(_Flaky):
         run_matrix(spec(tmp_path, tasks=["flaky", "quadratic"], methods=["random"]), log=lambda s: None)
-    finally:
-        TASKS.unregister("flaky")
     trials, cells = collect(storage_of(tmp_path))
     assert set(cells.task) == {"flaky", "quadratic"} and (cells.status == "done").all()
     failed = trials[(trials.task == "flaky") & (trials.state == "FAIL")]

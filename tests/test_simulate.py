@@ -8,41 +8,30 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from diffhpo.bench import storage as st
-from diffhpo.bench.fidelity import FIDELITY_STEPS
+from diffhpo.bench.contracts.fidelity import FIDELITY_STEPS
 from diffhpo.bench.analysis.regret import search_path
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.registry import TASKS
 from diffhpo.bench.report import collect
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.bench.simulate import SimulatedView, clock
 from diffhpo.cli import main
 from diffhpo.methods import METHODS
-from diffhpo.methods.base import Method
-from diffhpo.methods.seeding import TrialSeeded
-from diffhpo.tasks.base import Metric, Task
+from diffhpo.bench.contracts.method import Method
+from diffhpo.bench.toolkit.seeding import TrialSeeded
+from toys import ToyTask, smoke
 
 CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)
 
 
-class _Timed(Task):
+class _Timed(ToyTask):
     """loss = (x - 0.3)^2 + (y + 0.2)^2; one evaluation is modelled to take 10 + 90 (x + 1)/2
     + 7 (y + 1) seconds, so trials end out of order on several workers. With ``report``
     (the fidelity variant) it reports four checkpoints."""
 
     name = "timed"
     description = "test task with a time model"
-    profiles = {"smoke": type("C", (), {"budget": 16.0})()}
-    calls = 0
+    profiles = smoke(16)
     interrupt_at = None
-
-    def __init__(self, profile="smoke", **options):
-        self.profile, self.config = profile, self.profiles[profile]
-
-    def describe_config(self):
-        return {"budget": 16.0}
-
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
 
     def search_space(self):
         return {"x": FloatDistribution(-1, 1), "y": FloatDistribution(-1, 1)}

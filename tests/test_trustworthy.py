@@ -12,44 +12,21 @@ import textwrap
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from diffhpo.bench import storage as st
-from diffhpo.bench.errors import DiffhpoError
-from diffhpo.bench.registry import TASKS
+from diffhpo.bench.contracts.errors import DiffhpoError
 from diffhpo.bench.runner import RunSpec, run_matrix
 from diffhpo.cli import main
-from diffhpo.tasks.base import Metric, Task
+from toys import ToyTask, registered, smoke
 
 pytestmark = pytest.mark.usefixtures("session_cache")
 
 
-class _Toy(Task):
-    """x in [-1, 1], loss x^2; subclasses break one piece."""
+class _Toy(ToyTask):
+    """The shared toy task with a budget of 4; subclasses break one piece."""
 
-    name = "toy"
-    description = "test task"
-    profiles = {"smoke": type("C", (), {"budget": 4})()}
-
-    def __init__(self, profile="smoke", **options):
-        self.profile, self.config = profile, self.profiles[profile]
-
-    def describe_config(self):
-        return {"budget": 4}
-
-    @property
-    def metrics(self):
-        return [Metric("loss", "minimize")]
-
-    def search_space(self):
-        return {"x": FloatDistribution(-1, 1)}
-
-    def default_grid(self):
-        return {"x": [-1.0, 0.0, 1.0]}
-
-    def evaluate(self, params, seed, *, final=False):
-        return {"loss": params["x"] ** 2}
+    profiles = smoke(4)
 
 
 class _NotReady(_Toy):
@@ -80,12 +57,8 @@ class _FinalFails(_Toy):
 
 @pytest.fixture
 def toys():
-    classes = [_Toy, _NotReady, _AlwaysFails, _FinalFails]
-    for cls in classes:
-        TASKS.register(cls.name, cls)
-    yield
-    for cls in classes:
-        TASKS.unregister(cls.name)
+    with registered(_Toy), registered(_NotReady), registered(_AlwaysFails), registered(_FinalFails):
+        yield
 
 
 def _call(args, capsys):

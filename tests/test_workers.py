@@ -60,7 +60,7 @@ def test_sqlite_refuses_several_workers(tmp_path, capsys):
 
 
 def test_second_process_on_one_sqlite_file_is_refused(tmp_path):
-    from diffhpo.bench.errors import DiffhpoError
+    from diffhpo.bench.contracts.errors import DiffhpoError
     from diffhpo.bench.workers import sqlite_lock
 
     url = st.default_url(tmp_path)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...bench.options import option
+from ...bench.contracts.options import option
 
 DTYPE = torch.float64
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ...methods.seeding import derive_seed
+from ...bench.toolkit.seeding import derive_seed
 from .mixture import Mixture
 
 INIT, STEP = 41, 42  # derive_seed purpose tags

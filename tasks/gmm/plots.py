@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ...bench import atomic  # noqa: E402
+from ...bench.toolkit import atomic  # noqa: E402
 
 SWEEP = 25  # guided-sampler lambdas of the dense sweep
 
@@ -93,8 +93,8 @@ def _lambda_plot(task, cells: pd.DataFrame, path: Path) -> Path:
 
 
 def _samples_plot(task, cells: pd.DataFrame, path: Path) -> Path | None:
-    from ...bench.seeds import FINAL_SEED_OFFSET
-    from ..reward.common import _params_key, final_grid_dir
+    from ...bench.contracts.seeds import FINAL_SEED_OFFSET
+    from ..reward.final_files import _params_key, final_grid_dir
 
     panels = []
     for method, c in sorted(cells.groupby("method"), key=lambda kv: kv[0]):

@@ -89,10 +89,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ...bench.errors import DiffhpoError
-from ...bench.options import option
-from ...methods.seeding import derive_seed
-from ..base import Metric, OracleContext, OracleResult
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.contracts.options import option
+from ...bench.toolkit.seeding import derive_seed
+from ...bench.contracts.task import Metric, OracleContext, OracleResult
 from ..reward.common import PREMISE_METRICS, EVAL_NOISE, BANK_NOISE, RewardTask, _params_key, final_grid_dir
 from ..reward.guidance import GRAD_THROUGH, ddim_scheduler
 from ..reward.options import RewardOptions

@@ -63,9 +63,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ...bench.options import option
-from ...methods.seeding import derive_seed
-from ..base import Metric, OracleContext, OracleResult, Task
+from ...bench.contracts.options import option
+from ...bench.toolkit.seeding import derive_seed
+from ...bench.contracts.task import Metric, OracleContext, OracleResult, Task
 from ..schedule_space import ScheduleSpace
 from ..mnist_schedule import schedules as S
 from ..mnist_schedule import training as tr

@@ -27,7 +27,7 @@ is one outer iteration k:
 3. the analytic ``grad_q g`` of ``y`` and of ``z`` by autograd through ``alphabar(q)``, on
    one common batch (``bl_qgrad_batch``): penalty term ``(gamma/w) (grad_q g(q, y) - grad_q g(q, z))``;
 4. a two-point zeroth-order estimate of ``grad_q f(q, y)`` (FID of ``y``'s samples; the
-   estimator of :mod:`diffhpo.methods.zeroth_order`): ``bl_zo_directions`` Gaussian
+   estimator of :mod:`diffhpo.bench.toolkit.zeroth_order`): ``bl_zo_directions`` Gaussian
    directions ``u`` in *normalised* coordinates (each parameter divided by its range, so
    that one radius ``bl_zo_delta`` suits parameters of different scales), FID at
    ``Proj(q +/- delta u)`` from ``bl_zo_samples`` images that start from the *same* noise
@@ -97,7 +97,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...methods.seeding import derive_seed
+from ...bench.toolkit.seeding import derive_seed
 from ..single_loop import SingleLoop, rescale_deviation, shared_adam_step, zo_gradient
 from . import schedules as S
 from .sampling import ddim_chain, ddim_scheduler, initial_noise
@@ -121,7 +121,7 @@ class FeatureSurrogate:
 
     def _features_net(self):
         if self._feature_net is None:
-            from ...bench.metrics.feature_net import load_feature_net
+            from ...bench.toolkit.metrics.feature_net import load_feature_net
 
             self._feature_net = load_feature_net()
         return self._feature_net
@@ -129,9 +129,9 @@ class FeatureSurrogate:
     def reference_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std per dimension of the ``mnist-net`` features of the FID reference images."""
         if self._ref_stats is None:
-            from ...bench.data import load_mnist
-            from ...bench.metrics.feature_net import preprocess
-            from ...bench.metrics.fidelity import parse_reference
+            from ...bench.toolkit.data import load_mnist
+            from ...bench.toolkit.metrics.feature_net import preprocess
+            from ...bench.toolkit.metrics.fidelity import parse_reference
 
             name, split = parse_reference(self.task.reference)
             images = load_mnist(name, split, self.task.data_root)[0]
@@ -144,7 +144,7 @@ class FeatureSurrogate:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable ``mnist-net`` penultimate features of float images in [-1, 1]
         (the float version of the metric's uint8 preprocessing)."""
-        from ...bench.metrics.feature_net import normalise
+        from ...bench.toolkit.metrics.feature_net import normalise
 
         return self._features_net()(normalise((x.clamp(-1.0, 1.0) + 1.0) / 2.0))[0]
 

@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from ...bench import atomic
+from ...bench.toolkit import atomic
 from . import schedules as S
 
 if TYPE_CHECKING:
@@ -40,35 +40,37 @@ def _config_of(row, saved: dict | None) -> dict:
     return {}
 
 
-def _family(config: dict, profile: str) -> str:
-    from .task import MnistScheduleTask
-
-    default = MnistScheduleTask.profiles.get(profile)
+def _family(task_cls: type, config: dict, profile: str) -> str:
+    default = task_cls.profiles.get(profile)
     return str(config.get("schedule", default.schedule if default is not None else "cosine"))
 
 
-def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
-    """Write, per profile, the alphabar figure and the sample grids; return the files written."""
+def write_task_plots(cells: "pd.DataFrame", folder: Path, task_cls: type,
+                     find_final_samples: Callable[[str, Mapping[str, Any], int], dict | None]) -> list[Path]:
+    """Write, per profile, the alphabar figure and the sample grids; return the files written.
+
+    ``task_cls`` (its ``name`` and ``profiles``) and ``find_final_samples`` (a final-protocol
+    evaluation's saved record) come from the task's hook, so that this module does not import the
+    task module that imports it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torchvision
 
-    from ...bench.seeds import FINAL_SEED_OFFSET  # final-protocol seed = FINAL_SEED_OFFSET + cell seed
-    from .task import MnistScheduleTask, find_final_samples
+    from ...bench.contracts.seeds import FINAL_SEED_OFFSET  # final-protocol seed = FINAL_SEED_OFFSET + cell seed
 
     cols = [f"param_{n}" for n in S.PARAM_NAMES]
     if cells is None or cells.empty or not all(c in cells for c in cols):
         return []
     rows = cells[cells[cols].notna().all(axis=1)]
     if "task" in rows:
-        rows = rows[rows.task == MnistScheduleTask.name]
+        rows = rows[rows.task == task_cls.name]
     folder = Path(folder)
     written: list[Path] = []
     for profile, group in rows.groupby("profile", sort=True):
         folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{MnistScheduleTask.name}_{profile}"
+        stem = f"{task_cls.name}_{profile}"
         records = {}
         for i, row in group.iterrows():
             params = {n: float(row[f"param_{n}"]) for n in S.PARAM_NAMES}
@@ -76,14 +78,14 @@ def write_task_plots(cells: "pd.DataFrame", folder: Path) -> list[Path]:
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         t = torch.arange(1, S.T_DEFAULT + 1).numpy()
-        families = sorted({_family(_config_of(row, records[i]), str(profile)) for i, row in group.iterrows()})
+        families = sorted({_family(task_cls, _config_of(row, records[i]), str(profile)) for i, row in group.iterrows()})
         for family in families:
             default = S.schedule(family, S.DEFAULTS[family]).alphabar
             ax1.plot(t, default.numpy(), "k--", lw=1, label=f"default {family}: "
                      + ", ".join(f"{v:.3g}" for v in S.DEFAULTS[family]))
             ax2.plot(t, S.log_snr(default).numpy(), "k--", lw=1)
         for i, row in group.sort_values(["method", "seed"]).iterrows():
-            family = _family(_config_of(row, records[i]), str(profile))
+            family = _family(task_cls, _config_of(row, records[i]), str(profile))
             q = [float(row[f"param_{n}"]) for n in S.PARAM_NAMES]
             ab = S.schedule(family, q).alphabar
             label = f"{row.method} (seed {int(row.seed)}): " + ", ".join(f"{v:.3g}" for v in q)

@@ -7,7 +7,7 @@ model (method.md, Application 2; Xiao et al. 2025, Sec. 5.2).
 * Lower level: epsilon-prediction denoising training of a diffusers ``UNet2DModel`` under
   the schedule (:mod:`.training`), from the cell's initialisation seed.
 * Upper level: FID of ``N`` DDIM samples (:mod:`.sampling`) against the held-out MNIST
-  images, with the project's ``mnist-net`` feature extractor (``diffhpo.bench.metrics``);
+  images, with the project's ``mnist-net`` feature extractor (``diffhpo.bench.toolkit.metrics``);
   KID and IS are reported beside it. FID is the primary metric (minimised).
 * :meth:`MnistScheduleTask.evaluate` (grid, random, TPE, BoTorch, default) = one full
   training, then sampling and the metrics: **one cost unit** ("full trainings").
@@ -93,9 +93,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from ...bench.options import option
-from ...methods.seeding import derive_seed
-from ..base import Metric, OracleContext, OracleResult, Task
+from ...bench.contracts.options import option
+from ...bench.toolkit.seeding import derive_seed
+from ...bench.contracts.task import Metric, OracleContext, OracleResult, Task
 from ..schedule_space import ScheduleSpace
 from . import schedules as S
 from . import training as tr
@@ -246,7 +246,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
 
     def check_ready(self) -> None:
         """The training data set and the FID reference split must be on disk."""
-        from ...bench.data import require
+        from ...bench.toolkit.data import require
 
         require(self.config.dataset, self.data_root)
         require(self.reference.partition(":")[0], self.data_root)
@@ -259,7 +259,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
         """Training images as float32 in [-1, 1] at ``image_size`` (loaded once; a smaller
         side than 28 is an area (box-filter) downsampling)."""
         if self._data is None:
-            from ...bench.data import load_mnist
+            from ...bench.toolkit.data import load_mnist
 
             images, _ = load_mnist(self.config.dataset, "train", self.data_root)
             data = tr.to_unit_range(images)
@@ -272,7 +272,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
     def to_metric_size(self, x: torch.Tensor) -> torch.Tensor:
         """Float images at ``image_size`` to MNIST's 28 x 28, where the metrics and their
         reference images live (bilinear, differentiable; the identity at 28)."""
-        from ...bench.metrics.feature_net import to_input_size
+        from ...bench.toolkit.metrics.feature_net import to_input_size
 
         if x.shape[-1] == IMAGE_SIZE:
             return x
@@ -281,7 +281,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
     @property
     def train_steps(self) -> int:
         """Optimiser steps of one full training: ``epochs`` passes over the training images."""
-        from ...bench.data import dataset_size
+        from ...bench.toolkit.data import dataset_size
 
         return tr.epochs_to_steps(float(self.config.epochs), dataset_size(self.config.dataset, "train"),
                                   int(self.config.batch_size))
@@ -344,7 +344,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
     def generate(self, net: torch.nn.Module, sched: S.Schedule, n: int, noise_seed: int) -> torch.Tensor:
         """``n`` uint8 28 x 28 images from ``net`` under ``sched`` (DDIM, the profile's steps,
         at ``image_size``, then :meth:`to_metric_size`)."""
-        from ...bench.metrics import to_uint8
+        from ...bench.toolkit.metrics import to_uint8
 
         images = sample(net, sched.betas, int(n), int(self.config.sample_steps), noise_seed,
                         batch_size=int(self.config.sample_batch), size=int(self.config.image_size))
@@ -352,7 +352,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
 
     def fidelity(self, images: torch.Tensor, seed: int) -> dict[str, float]:
         """FID, KID and IS of uint8 ``images`` against the reference (``mnist-net`` backend)."""
-        from ...bench.metrics import compute_fidelity
+        from ...bench.toolkit.metrics import compute_fidelity
 
         res = compute_fidelity(images, self.reference, data_root=self.data_root, seed=int(seed) % (2**31))
         return res.scores()
@@ -400,7 +400,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
         figure and a grid of 64 final-protocol samples per cell (see :mod:`.plots`)."""
         from .plots import write_task_plots
 
-        return write_task_plots(cells, Path(folder))
+        return write_task_plots(cells, Path(folder), cls, find_final_samples)
 
     # -- final samples -------------------------------------------------------------------------
     def sample_key(self, params: Mapping[str, Any], seed: int) -> str:
@@ -414,7 +414,7 @@ class MnistScheduleTask(ScheduleSpace, Task):
 
 
 def samples_dir() -> Path:
-    from ...bench.cache import cache_dir
+    from ...bench.toolkit.cache import cache_dir
 
     return cache_dir("mnist-schedule", "final-samples")
 
@@ -422,7 +422,7 @@ def samples_dir() -> Path:
 def save_final_samples(task: MnistScheduleTask, params: Mapping[str, Any], seed: int, images: torch.Tensor) -> Path:
     """Keep the first 64 final-protocol samples (uint8) with the task settings, for the
     sample grids of the report (under ``<cache>/mnist-schedule/final-samples``)."""
-    from ...bench.cache import torch_save_atomic
+    from ...bench.toolkit.cache import torch_save_atomic
 
     record = {"images": images.clone(), "profile": task.profile, "seed": int(seed),
               "params": {n: float(params[n]) for n in S.PARAM_NAMES},

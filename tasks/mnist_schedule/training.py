@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...methods.seeding import derive_seed
+from ...bench.toolkit.seeding import derive_seed
 
 # purpose tags for derive_seed: keep the random streams of different uses apart
 INIT, EPOCH, STEP = 11, 12, 13

@@ -8,7 +8,7 @@ bank of pre-trained samples), :mod:`.common` (what both tasks share), :mod:`.mni
 :mod:`.plots`.
 """
 
-from ...bench.assets import AssetSpec, register_asset
+from ...bench.toolkit.assets import AssetSpec, register_asset
 from . import mnist_models
 from .mnist_task import RewardMnistTask
 from .sd_task import RewardSdTask

@@ -11,7 +11,7 @@ final lambda needs a guided sampling run.
 * A conditional model (Stable Diffusion with classifier-free guidance) is sampled per
   prompt, ``bank_size`` images each, and each image is scored under its own prompt.
 
-Cache: ``<cache>/reward-bank/<key>.npz`` (see :func:`diffhpo.bench.cache.cache_dir`), the key
+Cache: ``<cache>/reward-bank/<key>.npz`` (see :func:`diffhpo.bench.toolkit.cache.cache_dir`), the key
 being a SHA-256 of everything the values depend on (model and weights, scheduler, steps,
 size, CFG, conditions, bank size and seed, both rewards and their weights). Writes are
 atomic, so concurrent workers never read half a file.
@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...bench.cache import cache_dir, config_key, unreadable
+from ...bench.toolkit.cache import cache_dir, config_key, unreadable
 
 STEP_COST = {"unet": 2.0, "decoder": 1.0}
 

@@ -42,11 +42,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from ...bench.errors import DiffhpoError
-from ...methods.seeding import derive_seed
-from ..base import Metric, OracleContext, OracleResult, Task
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.toolkit.seeding import derive_seed
+from ...bench.contracts.task import Metric, OracleContext, OracleResult, Task
 from . import bank as bank_mod
 from . import penalty as pen
+from .final_files import _params_key, final_grid_dir  # noqa: F401  (gmm's reward task imports them from here)
 
 LAM_GRID = [0.01, 0.1, 1.0, 10.0, 100.0]
 PREMISE_POINTS = 41  # bank-curve lambdas, log-spaced over [lam_low, lam_high] (0.1 decade on [0.01, 100])
@@ -381,7 +382,7 @@ class RewardTask(Task):
         ``bilevel`` (the method that optimises the bank estimate); the table lists every method."""
         import pandas as pd
 
-        from ...bench.diagnostics import Diagnostic
+        from ...bench.contracts.diagnostic import Diagnostic
         from .plots import premise
 
         out = []
@@ -419,21 +420,9 @@ class PremiseWarning(UserWarning):
 def _cell_seed(final_seed: int) -> int:
     """The cell seed of a final-protocol seed (:func:`...bench.seeds.final_seeds`); a seed
     below the offset is taken as a cell seed."""
-    from ...bench.seeds import FINAL_SEED_OFFSET, REPEAT_STRIDE
+    from ...bench.contracts.seeds import FINAL_SEED_OFFSET, REPEAT_STRIDE
 
     if final_seed < FINAL_SEED_OFFSET:
         return int(final_seed)
     return int((final_seed - FINAL_SEED_OFFSET) % REPEAT_STRIDE)
 
-
-def final_grid_dir(task_name: str, profile: str) -> Path:
-    """Folder of the final-protocol sample grids of one reward task and profile."""
-    from ...bench.cache import cache_dir
-
-    return cache_dir("reward-final", task_name, profile)
-
-
-def _params_key(params: Mapping[str, Any]) -> str:
-    if not params:
-        return "none"
-    return "_".join(f"{k}{float(v):.6g}" for k, v in sorted(params.items()))

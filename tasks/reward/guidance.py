@@ -371,7 +371,7 @@ def sample_images(
     ``(seed, i)``. The samples are clamped to ``value_range`` (images: [-1, 1]; ``None``:
     no clamp, for data with unbounded support such as the 2-D mixtures of ``gmm-reward``).
     """
-    from ...methods.seeding import derive_seed
+    from ...bench.toolkit.seeding import derive_seed
 
     n = len(noise)
     smc = particles > 1 and reward is not None and scale != 0.0

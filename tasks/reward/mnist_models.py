@@ -31,7 +31,7 @@ Guidance classifier (``assets/mnist_guidance_classifier.pt``)
     diffusion model's range), differentiable.
 
 Both builders are deterministic for a seed, torch version and thread count
-(:func:`diffhpo.bench.assets._deterministic`), like the feature network's.
+(:func:`diffhpo.bench.toolkit.assets._deterministic`), like the feature network's.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def build_unet(config: dict | None = None):
 
 def feature_net_logits(net, images: torch.Tensor) -> torch.Tensor:
     """Logits of the metrics' feature network for float images in [-1, 1], differentiable
-    (the same normalisation as :func:`diffhpo.bench.metrics.feature_net.preprocess`)."""
-    from ...bench.metrics.feature_net import normalise
+    (the same normalisation as :func:`diffhpo.bench.toolkit.metrics.feature_net.preprocess`)."""
+    from ...bench.toolkit.metrics.feature_net import normalise
 
     return net(normalise((images.float() + 1.0) / 2.0))[1]
 
@@ -111,7 +111,7 @@ def feature_net_logits(net, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def confidence(images_uint8: torch.Tensor, net=None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """``(max softmax probability, predicted digit)`` of each uint8 image under the feature network."""
-    from ...bench.metrics.feature_net import load_feature_net, preprocess
+    from ...bench.toolkit.metrics.feature_net import load_feature_net, preprocess
 
     net = net or load_feature_net()
     probs = torch.cat([F.softmax(net(preprocess(images_uint8[i : i + batch_size]))[1], dim=1)
@@ -157,8 +157,8 @@ def load_mnist_ddpm(source: str | Path | None = None) -> PretrainedDdpm:
     """The shipped DDPM (checksum-verified) when ``source`` is empty, else a diffusers
     ``DDPMPipeline`` folder or hub id holding ``unet/`` and ``scheduler/`` (loaded with
     ``from_pretrained``; a hub id needs the network or the Hugging Face cache)."""
-    from ...bench.assets import verified_asset
-    from ...bench.errors import DiffhpoError
+    from ...bench.toolkit.assets import verified_asset
+    from ...bench.contracts.errors import DiffhpoError
 
     if not source:
         return load_built_ddpm(verified_asset(DDPM_FILE), label=f"assets/{DDPM_FILE}")
@@ -181,7 +181,7 @@ def load_built_ddpm(path: str | Path, label: str | None = None) -> PretrainedDdp
     """A DDPM file written by :func:`build_mnist_ddpm` (its JSON record beside it: the UNet
     and scheduler configs), in eval mode, no grad. No checksum check: the shipped file goes
     through :func:`load_mnist_ddpm`, which verifies it first."""
-    from ...bench.assets import read_record
+    from ...bench.toolkit.assets import read_record
 
     record = read_record(path)
     unet = build_unet(record["unet_config"])
@@ -200,7 +200,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def _sample_quality(model: PretrainedDdpm, n: int, seed: int, net, steps: int = SAMPLE_STEPS) -> dict:
-    from ...bench.metrics.images import to_uint8
+    from ...bench.toolkit.metrics.images import to_uint8
     from .guidance import sample_images
 
     noise = torch.randn((n,) + model.image_shape, generator=torch.Generator().manual_seed(seed))
@@ -246,9 +246,9 @@ def build_mnist_ddpm(
 
     from diffusers import DDPMScheduler
 
-    from ...bench.assets import _deterministic, save_asset
-    from ...bench.data import load_mnist
-    from ...bench.metrics.feature_net import load_feature_net
+    from ...bench.toolkit.assets import _deterministic, save_asset
+    from ...bench.toolkit.data import load_mnist
+    from ...bench.toolkit.metrics.feature_net import load_feature_net
 
     log = log or (lambda line: None)
     started = time.perf_counter()
@@ -370,7 +370,7 @@ class _DdpmCheckpoint:
         return torch.load(self.path, weights_only=True)
 
     def save(self, state: dict) -> None:
-        from ...bench.cache import torch_save_atomic
+        from ...bench.toolkit.cache import torch_save_atomic
 
         if self.path is not None:
             torch_save_atomic(state, self.path)
@@ -399,7 +399,7 @@ class GuidanceClassifier(nn.Module):
 
 def load_guidance_classifier(weights_path: str | Path | None = None) -> GuidanceClassifier:
     """The guidance classifier in eval mode, from a path or the shipped, verified weights."""
-    from ...bench.assets import read_record, verified_asset
+    from ...bench.toolkit.assets import read_record, verified_asset
 
     path = Path(weights_path) if weights_path else verified_asset(GUIDANCE_FILE)
     record = read_record(path)
@@ -418,8 +418,8 @@ def build_guidance_classifier(
 ) -> dict:
     """Train the guidance classifier on clean mnist5k train images (Adam, batch 64,
     cross-entropy, no augmentation) and save it with its record (held-out accuracy)."""
-    from ...bench.assets import _deterministic, save_asset
-    from ...bench.data import load_mnist
+    from ...bench.toolkit.assets import _deterministic, save_asset
+    from ...bench.toolkit.data import load_mnist
 
     log = log or (lambda line: None)
     started = time.perf_counter()

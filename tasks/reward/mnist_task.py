@@ -64,8 +64,8 @@ from typing import Any
 
 import numpy as np
 
-from ...bench.options import option
-from ..base import Metric
+from ...bench.contracts.options import option
+from ...bench.contracts.task import Metric
 from .common import PREMISE_METRICS, RewardTask
 from .guidance import GRAD_THROUGH
 from .options import RewardOptions
@@ -160,7 +160,7 @@ class RewardMnistTask(RewardTask):
         """A model or classifier given by path must exist (the shipped ones always do)."""
         from pathlib import Path
 
-        from ...bench.errors import DiffhpoError
+        from ...bench.contracts.errors import DiffhpoError
 
         if self.config.model and not Path(self.config.model).expanduser().is_dir():
             from .sd_task import _hub_cache, _in_hub_cache
@@ -224,7 +224,7 @@ class RewardMnistTask(RewardTask):
         typical, not blobs. In log-density units: the log of a Gaussian preference."""
         import torch
 
-        from ...bench.data import load_mnist
+        from ...bench.toolkit.data import load_mnist
         from .mnist_models import to_unit_range
         from .rewards import Reward, stroke_area
 
@@ -255,7 +255,7 @@ class RewardMnistTask(RewardTask):
         return [self._r1.name, self._r1.weights_id]
 
     def describe_model(self) -> dict:
-        from ...bench.assets import read_record, verified_asset
+        from ...bench.toolkit.assets import read_record, verified_asset
         from .mnist_models import DDPM_FILE
 
         m = self._model.ddpm
@@ -265,7 +265,7 @@ class RewardMnistTask(RewardTask):
     def score(self, images, cond: Any) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.images import to_uint8
         from .mnist_models import to_unit_range
 
         x = to_unit_range(to_uint8(images))
@@ -275,8 +275,8 @@ class RewardMnistTask(RewardTask):
         return r1.double().numpy(), r2.double().numpy()
 
     def extra_metrics(self, samples: dict, r1s: list, r2s: list, params=None) -> dict[str, float]:
-        from ...bench.metrics.feature_net import classify
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.feature_net import classify
+        from ...bench.toolkit.metrics.images import to_uint8
 
         net = _feature_net()
         hits = [float((classify(net, to_uint8(imgs)) == int(c)).double().mean()) for c, imgs in samples.items()]
@@ -294,8 +294,8 @@ class RewardMnistTask(RewardTask):
     def quality_metrics(self, samples: dict, seed: int, final: bool) -> dict[str, float]:
         import torch
 
-        from ...bench.metrics.fidelity import compute_fidelity
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.fidelity import compute_fidelity
+        from ...bench.toolkit.metrics.images import to_uint8
 
         generated = to_uint8(torch.cat(list(samples.values())))
         ref = _reference(tuple(self.config.digits))
@@ -306,7 +306,7 @@ class RewardMnistTask(RewardTask):
 
 @functools.lru_cache(maxsize=1)
 def _feature_net():
-    from ...bench.metrics.feature_net import load_feature_net
+    from ...bench.toolkit.metrics.feature_net import load_feature_net
 
     return load_feature_net()
 
@@ -316,7 +316,7 @@ def _reference(digits: tuple):
     """Held-out mnist5k images of the target digits (100 per digit), the FID reference."""
     import torch
 
-    from ...bench.data import load_mnist
+    from ...bench.toolkit.data import load_mnist
 
     images, labels = load_mnist("mnist5k", "heldout")
     keep = torch.zeros(len(labels), dtype=torch.bool)

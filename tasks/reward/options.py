@@ -1,7 +1,7 @@
 """The options every reward task shares (``reward-mnist``, ``reward-sd``, ``gmm-reward``),
 declared once: the guided sampler's weighting, particles, steps and eta, the run sizes, the
 bank, the lambda and w ranges, the bilevel oracle's charge per iteration and the budget
-(:mod:`diffhpo.bench.options`).
+(:mod:`diffhpo.bench.contracts.options`).
 
 A task's config puts its own options in a dataclass of their own and inherits both, this one
 *first*::
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...bench.options import option
+from ...bench.contracts.options import option
 from .guidance import WEIGHTING
 
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ...bench import atomic  # noqa: E402
+from ...bench.toolkit import atomic  # noqa: E402
 
 
 def upper_vs_lambda(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, path: Path) -> Path | None:
@@ -69,8 +69,8 @@ def _ws_lambda(task_cls, cells: pd.DataFrame) -> float:
 
 
 def sample_grids(task_cls, cells: pd.DataFrame, path: Path) -> Path | None:
-    from ...bench.seeds import FINAL_SEED_OFFSET
-    from .common import _params_key, final_grid_dir
+    from ...bench.contracts.seeds import FINAL_SEED_OFFSET
+    from .final_files import _params_key, final_grid_dir
 
     done = cells[cells.status == "done"] if "status" in cells else cells
     panels = []
@@ -113,7 +113,7 @@ def premise(task_cls, cells: pd.DataFrame, trials: pd.DataFrame, folder: Path) -
     storage on the machine; cells.csv's ``config_key``). The CSV has one row per
     lambda of the bank curve and of the grid: ``lam, bank_upper, bank_ess, sampler_upper``
     (``sampler_upper`` empty off the grid)."""
-    from .common import final_grid_dir
+    from .final_files import final_grid_dir
 
     out = []
     if cells is None or len(cells) == 0:

@@ -60,8 +60,8 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from ...bench.errors import DiffhpoError
-from ...bench.registry import Registry
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.contracts.registry import Registry
 
 
 @dataclass
@@ -213,7 +213,7 @@ def load_linear_head(spec: str, dim: int) -> tuple[torch.Tensor, torch.Tensor, s
     if weight.numel() != dim:
         raise DiffhpoError(f"aesthetic_weights {spec}: head has {weight.numel()} inputs, the CLIP embedding has {dim}")
     bias = keys.get("bias", torch.zeros(1)).float().reshape(-1)[0]
-    from ...bench.assets import sha256_file
+    from ...bench.toolkit.assets import sha256_file
 
     return weight, bias, f"linear head from {spec} (sha256 {sha256_file(spec)[:12]})"
 
@@ -267,7 +267,7 @@ def load_resnet18(spec: str) -> tuple[torch.nn.Module, str]:
         except FileNotFoundError:
             raise DiffhpoError(f"resnet_weights {spec}: no such file") from None
         net.load_state_dict(state)
-        from ...bench.assets import sha256_file
+        from ...bench.toolkit.assets import sha256_file
 
         label = f"resnet18 from {spec} (sha256 {sha256_file(spec)[:12]})"
     net.fc = torch.nn.Identity()
@@ -314,7 +314,7 @@ def _class_logprob(logits: torch.Tensor, cond: Any) -> torch.Tensor:
 
 
 def _make_classifier_logprob(ctx: RewardContext) -> Reward:
-    from ...bench.assets import sha256_file, verified_asset
+    from ...bench.toolkit.assets import sha256_file, verified_asset
     from .mnist_models import GUIDANCE_FILE, load_guidance_classifier
 
     path = ctx.options.get("classifier_weights") or None
@@ -328,8 +328,8 @@ def _make_classifier_logprob(ctx: RewardContext) -> Reward:
 
 
 def _make_feature_net_logprob(ctx: RewardContext) -> Reward:
-    from ...bench.assets import sha256_file, verified_asset
-    from ...bench.metrics.feature_net import WEIGHTS_FILE, load_feature_net
+    from ...bench.toolkit.assets import sha256_file, verified_asset
+    from ...bench.toolkit.metrics.feature_net import WEIGHTS_FILE, load_feature_net
     from .mnist_models import feature_net_logits
 
     path = ctx.options.get("feature_net_weights") or None

@@ -14,7 +14,7 @@ the guided images is highest.
   ``aesthetic`` with ``aesthetic_weights=PATH`` is the aesthetic-style head), evaluated on
   the VAE-decoded predicted image at every step (paper Algorithm 5).
 * Upper score ``r1``: the CLIP score of the metrics (``100 * max(cos, 0)`` of CLIP image and
-  prompt embeddings, :class:`~diffhpo.bench.metrics.ClipScorer`) with ``--option
+  prompt embeddings, :class:`~diffhpo.bench.toolkit.metrics.ClipScorer`) with ``--option
   clip_model=``; metric ``clip_score`` = mean over images and prompts. The weighted-sum
   baseline guides with its differentiable form (``clip-score`` reward: ``100 * cos``).
 * FID/KID/IS: against the *un-guided* pre-trained model's images for the same prompts and
@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from ...bench.errors import DiffhpoError
-from ...bench.options import option
-from ..base import Metric
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.contracts.options import option
+from ...bench.contracts.task import Metric
 from .common import PREMISE_METRICS, RewardTask
 from .guidance import GRAD_THROUGH
 from .options import RewardOptions
@@ -223,7 +223,7 @@ def local_inception_weights(option: str = "") -> str | None:
     from torch.hub import get_dir
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    from ...bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV
+    from ...bench.toolkit.metrics.fidelity import INCEPTION_WEIGHTS_ENV
 
     for cand in (option, os.environ.get(INCEPTION_WEIGHTS_ENV, "")):
         if cand and Path(cand).expanduser().is_file():
@@ -321,7 +321,7 @@ class RewardSdTask(RewardTask):
 
     @functools.cached_property
     def _scorer(self):
-        from ...bench.metrics.clip_score import ClipScorer
+        from ...bench.toolkit.metrics.clip_score import ClipScorer
 
         if self.config.clip_model == TINY:
             from .tiny import tiny_clip
@@ -379,7 +379,7 @@ class RewardSdTask(RewardTask):
     def score(self, images, cond: Any) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.images import to_uint8
 
         u8 = to_uint8(images)
         r1 = (100.0 * self._scorer.cosines(u8, str(cond)).clamp(min=0)).numpy()
@@ -392,7 +392,7 @@ class RewardSdTask(RewardTask):
         """The un-guided model's images for the same prompts and seeds (uint8), cached."""
         import torch
 
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.images import to_uint8
 
         key = (seed, n)
         if key not in self._references:
@@ -410,8 +410,8 @@ class RewardSdTask(RewardTask):
     def quality_metrics(self, samples: dict, seed: int, final: bool) -> dict[str, float]:
         import torch
 
-        from ...bench.metrics.fidelity import compute_fidelity
-        from ...bench.metrics.images import to_uint8
+        from ...bench.toolkit.metrics.fidelity import compute_fidelity
+        from ...bench.toolkit.metrics.images import to_uint8
 
         generated = to_uint8(torch.cat(list(samples.values())))
         n = len(next(iter(samples.values())))

@@ -28,15 +28,14 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ...bench.errors import DiffhpoError
-from ...bench.options import option
-from ...bench import record as rec
-from ..base import Metric, Task
+from ...bench.contracts.errors import DiffhpoError
+from ...bench.contracts.options import option
+from ...bench.toolkit import recordings as rec
+from ...bench.contracts.task import Metric, Task
 from . import model as M
 
-#: where the shipped tables are (:data:`diffhpo.bench.record.TABLES_DIR`; not read from there at import
-#: time, because ``bench.record`` may be importing when this package is)
-TABLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "recordings"
+#: where the shipped tables are
+TABLES_DIR = rec.TABLES_DIR
 
 #: name -> (real task, recorded profile, {space variant: table file under assets/recordings/}, task options)
 BUILTIN: dict[str, tuple[str, str, dict[str, str], dict[str, Any]]] = {
@@ -166,7 +165,7 @@ def make_surrogate(name: str, real_task: str, recorded_profile: str, tables: Map
                    real_options: Mapping[str, Any] | None = None, real_cls: type | None = None) -> type[SurrogateTask]:
     """A surrogate task class of ``real_task``'s tables (paths, or names under assets/recordings/)."""
     if real_cls is None:
-        from ...bench.registry import TASKS
+        from ...bench.contracts.registry import TASKS
 
         real_cls = TASKS.get(real_task)
     cls = real_cls
@@ -188,9 +187,12 @@ def make_surrogate(name: str, real_task: str, recorded_profile: str, tables: Map
 
 
 def builtin_surrogates(real: Mapping[str, type]) -> list[type[SurrogateTask]]:
-    """The built-in surrogates whose tables ship (``real``: task name -> its class)."""
+    """The built-in surrogates whose tables ship complete (``real``: task name -> its class). A table
+    committed part-way through its recording (a long recording is committed in chunks and resumed
+    from them) registers nothing until it is complete."""
     out = []
     for name, (task, profile, tables, opts) in BUILTIN.items():
-        if task in real and all((TABLES_DIR / t).is_file() for t in tables.values()):
+        metas = [rec.table_meta(TABLES_DIR / t) for t in tables.values()]
+        if task in real and all(m is not None and m.get("complete", False) for m in metas):
             out.append(make_surrogate(name, task, profile, tables, opts, real_cls=real[task]))
     return out

@@ -46,13 +46,13 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ...bench.cache import cache_dir
-from ...bench.fidelity import FIDELITY_STEPS
+from ...bench.toolkit.cache import cache_dir
+from ...bench.contracts.fidelity import FIDELITY_STEPS
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ...bench.record import Table
-from ...methods import space as sp
+    from ...bench.toolkit.recordings import Table
+from ...bench.contracts import space as sp
 
 MODEL_VERSION = 3
 N_TREES = 100
@@ -181,7 +181,7 @@ def fit_noise(means: np.ndarray, stds: np.ndarray) -> NoiseModel:
 
 def replicate_spread(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per replicated configuration (rows on replicate seeds): mean, std (ddof 1), count."""
-    from ...bench.record import REPLICATE_SEED
+    from ...bench.toolkit.recordings import REPLICATE_SEED
 
     rep = frame[(frame["seed"] >= REPLICATE_SEED) & (frame["state"] == "COMPLETE")]
     g = rep.groupby("config")[column]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import DiffhpoError
+from ...contracts.errors import DiffhpoError
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
@@ -27,7 +27,7 @@ def as_image_batch(images: torch.Tensor, what: str = "images", min_count: int = 
         raise DiffhpoError(f"{what} must be a torch tensor, got {type(images).__name__}")
     if images.dtype != torch.uint8:
         raise DiffhpoError(
-            f"{what} must be uint8 (0..255), got {images.dtype}; convert with diffhpo.bench.metrics.to_uint8"
+            f"{what} must be uint8 (0..255), got {images.dtype}; convert with diffhpo.bench.toolkit.metrics.to_uint8"
         )
     if images.dim() == 3:
         images = images.unsqueeze(1)

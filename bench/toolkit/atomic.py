@@ -23,7 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
-from .errors import DiffhpoError
+from ..contracts.errors import DiffhpoError
 
 
 def write(path: Path, writer: Callable[[Path], object]) -> Path:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ..errors import DiffhpoError
+from ...contracts.errors import DiffhpoError
+from ..assets import verified_asset
 
 FEATURE_EXTRACTOR_NAME = "mnist-net"
 WEIGHTS_FILE = "mnist_feature_net.pt"
@@ -90,8 +91,6 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
 
 def load_feature_net(weights_path: str | Path | None = None) -> MnistFeatureNet:
     """The network in eval mode, from ``weights_path`` or the shipped, checksum-verified weights."""
-    from ..assets import verified_asset
-
     path = Path(weights_path) if weights_path is not None else verified_asset(WEIGHTS_FILE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import DiffhpoError
+from ...contracts.errors import DiffhpoError
 from .images import as_image_batch
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"

@@ -16,7 +16,7 @@ declared with :func:`option`::
 :func:`apply` turns ``--option KEY=VALUE`` strings into the field's type and checks the
 result (and the profile's own defaults) with :func:`check`: types, finiteness of floats,
 the declared bounds (elementwise for tuples), the choices and the rules. Every failure is a
-:class:`~diffhpo.bench.errors.DiffhpoError` naming the option, the value and what is valid,
+:class:`~diffhpo.bench.contracts.errors.DiffhpoError` naming the option, the value and what is valid,
 which the command line prints as one ``error:`` line with exit code 2.
 """
 

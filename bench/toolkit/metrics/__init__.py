@@ -11,7 +11,7 @@
 
 The names are loaded on first use (torch-fidelity and transformers take seconds to
 import; the CLI should not pay for them on ``--help``). Importing
-:mod:`diffhpo.bench.metrics.feature_net` (done by the fidelity functions) registers
+:mod:`diffhpo.bench.toolkit.metrics.feature_net` (done by the fidelity functions) registers
 torch-fidelity's feature extractor ``mnist-net``.
 """
 

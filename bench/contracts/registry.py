@@ -90,4 +90,5 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-TASKS: Registry = Registry("task", "diffhpo.tasks", builtins=f"{__package__.rpartition('.')[0]}.tasks")
+#: The task registry; its built-ins are the package ``tasks/`` (imported by name on first lookup).
+TASKS: Registry = Registry("task", "diffhpo.tasks", builtins=f"{__package__.split('.')[0]}.tasks")

@@ -11,13 +11,13 @@ A task is one bilevel hyperparameter problem. It declares
   upper-level metrics at the current iterate together with a hypergradient estimate.
 
 Settings live in a per-profile config dataclass (``Task.profiles``) whose fields are
-declared with :func:`diffhpo.bench.options.option` (default, meaning, valid range);
+declared with :func:`diffhpo.bench.contracts.options.option` (default, meaning, valid range);
 ``diffhpo run --option key=value`` overrides them, and every value is checked by
-:func:`diffhpo.bench.options.apply` before any work starts.
+:func:`diffhpo.bench.contracts.options.apply` before any work starts.
 
 Before any cell runs, the runner calls :meth:`Task.check_ready` on every task of the
 matrix: a task that needs files, weights, drivers or a device it cannot find raises a
-:class:`~diffhpo.bench.errors.DiffhpoError` there (one line: what is missing and where to
+:class:`~diffhpo.bench.contracts.errors.DiffhpoError` there (one line: what is missing and where to
 put it) instead of failing every trial.
 """
 
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from optuna.distributions import BaseDistribution
 
-from ..bench.errors import DiffhpoError
-from ..bench.options import apply as apply_options
+from .errors import DiffhpoError
+from .options import apply as apply_options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,7 +156,7 @@ class Task(abc.ABC):
 
     def search_space_for(self, variant: str) -> dict[str, BaseDistribution] | None:
         """The space searched by a method that asks for the search-space ``variant``
-        (:attr:`Method.space <diffhpo.methods.base.Method.space>`): ``search_space()`` for
+        (:attr:`Method.space <diffhpo.bench.contracts.method.Method.space>`): ``search_space()`` for
         ``"default"``; ``None`` when the task does not support the variant (the runner then
         skips the cell). Tasks whose baselines search other parameters override this (the
         reward tasks: ``"none"`` searches nothing, ``"weighted-sum"`` a weight ``w``); the
@@ -170,7 +170,7 @@ class Task(abc.ABC):
     def default_params(self) -> dict[str, Any]:
         """The task's default hyperparameters (the geometric centre of the space unless
         a task says otherwise); used as the baseline and as the bilevel start point."""
-        from ..methods.space import centre
+        from .space import centre
 
         return centre(self.search_space())
 
@@ -237,6 +237,6 @@ class Task(abc.ABC):
         """The task's diagnostics for the report's per-method sections (the hook of
         :mod:`diffhpo.bench.diagnostics`): ``cells`` and ``trials`` are this task's rows of
         cells.csv and trials.csv (trial user attributes as ``attr_<name>``); return a list of
-        :class:`diffhpo.bench.diagnostics.Diagnostic` (the method it is about, a title, text,
+        :class:`diffhpo.bench.contracts.diagnostic.Diagnostic` (the method it is about, a title, text,
         tables, PNGs written into ``folder``). The default has none."""
         return []

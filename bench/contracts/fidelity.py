@@ -1,7 +1,7 @@
 """A task's fidelity: intermediate values of the upper metric during the lower-level solve.
 
 A task with ``has_fidelity = True`` calls ``report(fraction, value)`` at its checkpoints
-(:attr:`diffhpo.tasks.base.Task.has_fidelity`). The value is stored as an Optuna intermediate
+(:attr:`diffhpo.bench.contracts.task.Task.has_fidelity`). The value is stored as an Optuna intermediate
 value at step ``round(fraction x FIDELITY_STEPS)``, so a whole solve is 1,000 resource
 units for every task, and pruners (successive halving, Hyperband, median stopping) and
 optuna-dashboard read it as usual.

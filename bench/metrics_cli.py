@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from ..seeds import MAX_SEED
+from .contracts.seeds import MAX_SEED
 
-DATASETS = ("mnist5k", "mnist")  # as diffhpo.bench.data.DATASETS; not imported: torch is slow to import
+DATASETS = ("mnist5k", "mnist")  # as diffhpo.bench.toolkit.data.DATASETS; not imported: torch is slow to import
 
 
 @click.group(name="metrics")
@@ -40,10 +40,10 @@ def sanity(dataset, backend, inception_weights, data_root, images_per_set, seed,
     JSON also holds the IS of the whole held-out split, the feature network's held-out
     accuracy, and the checks (FID ordering with 5x gaps, held-out IS above 7).
     """
-    from ..errors import DiffhpoError
-    from .sanity import run_sanity
+    from .contracts.errors import DiffhpoError
+    from .toolkit.metrics.sanity import run_sanity
 
-    from ..data import dataset_size, require
+    from .toolkit.data import dataset_size, require
 
     half = dataset_size(dataset, "heldout") // 2
     if images_per_set is not None and not 10 <= images_per_set <= half:

@@ -16,7 +16,7 @@ background, 255 = ink) and ``labels`` an ``int64`` tensor ``N``.
     first 100 go to ``heldout``; each split is then permuted again (same seed) so that
     the labels are not sorted. The result is the same on every machine. Parsing the CSV
     takes a few seconds, so both splits are cached as ``.npy`` files under
-    ``<cache>/data/mnist5k`` (see :func:`diffhpo.bench.cache.cache_dir`) after the first
+    ``<cache>/data/mnist5k`` (see :func:`diffhpo.bench.toolkit.cache.cache_dir`) after the first
     load.
 
 ``mnist`` (full; needs the files)
@@ -24,7 +24,7 @@ background, 255 = ink) and ``labels`` an ``int64`` tensor ``N``.
     reader from ``data_root`` (the ``--data-root`` option; default ``<cache>/data``).
     ``train`` is the 60k training file, ``heldout`` (alias ``test``) the 10k test file. If
     the files are missing, torchvision's download is tried once; when that fails (no
-    network) a :class:`~diffhpo.bench.errors.DiffhpoError` says where to put the files.
+    network) a :class:`~diffhpo.bench.contracts.errors.DiffhpoError` says where to put the files.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .cache import cache_dir, unreadable
-from .errors import CacheError, DiffhpoError
+from ..contracts.errors import CacheError, DiffhpoError
 
 DATASETS = ("mnist5k", "mnist")
 SPLITS = ("train", "heldout")
@@ -128,7 +128,7 @@ def _load_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _read_mnist5k(split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The split's cached arrays, or None after naming (and removing) a file that does not
-    load or has the wrong shape (:func:`~diffhpo.bench.cache.unreadable`)."""
+    load or has the wrong shape (:func:`~diffhpo.bench.toolkit.cache.unreadable`)."""
     arrays = []
     for path, shape in zip(_mnist5k_paths(split), ((MNIST5K_SIZES[split], 784), (MNIST5K_SIZES[split],))):
         try:

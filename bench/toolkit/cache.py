@@ -32,10 +32,10 @@ def unreadable(path: str | Path, exc: BaseException) -> None:
     """A cached file failed to load (truncated, empty, corrupted): name it in one warning
     line and remove it, so that the caller rebuilds it. Rebuilding is the choice because
     every file under the cache is derived and can be made again; a file that cannot be
-    removed is refused instead (:class:`~diffhpo.bench.errors.CacheError`, naming it)."""
+    removed is refused instead (:class:`~diffhpo.bench.contracts.errors.CacheError`, naming it)."""
     import warnings
 
-    from .errors import CacheError
+    from ..contracts.errors import CacheError
 
     path = Path(path)
     why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")

@@ -7,7 +7,7 @@ entry-point group whose value is a :class:`Method`::
 
     # my_package/my_method.py
     import optuna
-    from diffhpo.methods.base import Method
+    from diffhpo.bench.contracts.method import Method
 
     def make_sampler(ctx):
         return optuna.samplers.QMCSampler(seed=ctx.seed)
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import optuna
 from optuna.distributions import BaseDistribution
 
-from ..bench.registry import Registry
+from .registry import Registry
 
 if TYPE_CHECKING:
-    from ..tasks.base import Task
+    from .task import Task
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,12 @@ class Method:
     ``choose(study)`` returns the hyperparameters the method outputs after its search
     (default: the best completed trial). ``options`` declares the keyword options the
     factory accepts through ``MethodContext.options`` (``--method-option NAME.KEY=VALUE``):
-    a frozen dataclass whose fields are declared with :func:`diffhpo.bench.options.option`
+    a frozen dataclass whose fields are declared with :func:`diffhpo.bench.contracts.options.option`
     (type, range, meaning; checked before anything runs), or, for a plug-in, a tuple of
     names (values then arrive as numbers where they parse, else as text).
     ``max_trials(ctx)``, if given, ends the search early (grid search: the grid's size).
     ``space`` names the task's search-space variant the method searches
-    (:meth:`Task.search_space_for <diffhpo.tasks.base.Task.search_space_for>`): every
+    (:meth:`Task.search_space_for <diffhpo.bench.contracts.task.Task.search_space_for>`): every
     stock method searches ``"default"``; a baseline with parameters of its own (the reward
     tasks' ``weighted-sum``, ``none``) names its variant, and a task without it is skipped.
     ``make_pruner(ctx)``, if given, returns the study's Optuna pruner (multi-fidelity
@@ -68,7 +68,7 @@ class Method:
     values that tasks with a fidelity report (:attr:`Task.has_fidelity`), and the runner skips
     the method on tasks without one.
     ``diagnostics(cells, trials, folder)``, if given, returns the method's diagnostics for the
-    report (a list of :class:`diffhpo.bench.diagnostics.Diagnostic`, from its rows of cells.csv
+    report (a list of :class:`diffhpo.bench.contracts.diagnostic.Diagnostic`, from its rows of cells.csv
     and trials.csv; see that module): the report's section ``Diagnostics: <method>``.
     """
 
@@ -83,7 +83,9 @@ class Method:
     diagnostics: Callable[..., list] | None = None
 
 
-METHODS: Registry[Method] = Registry("method", "diffhpo.methods")
+#: The method registry; its built-ins are the package ``methods/`` (imported by name on first
+#: lookup, so that the machinery and the contracts never import the methods they run).
+METHODS: Registry[Method] = Registry("method", "diffhpo.methods", builtins=f"{__package__.split('.')[0]}.methods")
 
 
 def register_method(name: str, method: Method) -> Method:

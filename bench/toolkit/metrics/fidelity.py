@@ -42,7 +42,7 @@ import torch_fidelity
 from torch.utils.data import Dataset
 
 from ..cache import cache_dir, unreadable
-from ..errors import DiffhpoError
+from ...contracts.errors import DiffhpoError
 from . import feature_net
 from .images import as_image_batch
 
@@ -317,7 +317,7 @@ def _cache_root(cache_key: str, backend: str) -> Path:
 def _drop_unreadable(folder: Path) -> None:
     """Name and remove the cached reference statistics in ``folder`` that do not load (a
     truncated or empty ``.pt`` of an earlier run), so torch-fidelity computes them again
-    instead of failing every call (:func:`~diffhpo.bench.cache.unreadable`). Each file is
+    instead of failing every call (:func:`~diffhpo.bench.toolkit.cache.unreadable`). Each file is
     checked once per process and modification time: a whole load on every call would double
     the reading."""
     for p in sorted(folder.glob("*.pt")) if folder.is_dir() else ():
