@@ -200,7 +200,7 @@ def test_slurm_bad_input_submits_nothing(tmp_path, case):
     assert not (tmp_path / "out").exists() and not (tmp_path / "journal.log").exists()
     assert not (tmp_path / "db.sqlite3").exists()
     if before is not None:
-        assert job_ids() == before  # nothing submitted
+        assert not job_ids() - before  # nothing submitted (older jobs may leave squeue meanwhile)
 
 
 def test_preempted_worker_is_requeued_through_checkpoint(tmp_path, one_process, one_trials):  # noqa: F811
