@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -92,11 +93,14 @@ def cli():
 @click.option("--time", "time_min", type=int, default=None, help="--launcher: time limit per worker job, minutes.")
 @click.option("--slurm-option", "slurm_options", multiple=True, metavar="KEY=VALUE",
               help="--launcher slurm: another sbatch option (repeatable), e.g. --slurm-option account=lab.")
+@click.option("--detach", is_flag=True,
+              help="--launcher: exit once the worker jobs are submitted, printing their ids and the "
+                   "`diffhpo report` command that writes the report when they are done.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--no-report", is_flag=True, help="Do not write tables and plots at the end.")
 def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget, time_budget,
         task_options, method_options, n_workers, heartbeat, simulate_workers, create_only, launcher,
-        slurm_partition, gpus_per_worker, time_min, slurm_options, no_progress, no_report):
+        slurm_partition, gpus_per_worker, time_min, slurm_options, detach, no_progress, no_report):
     """Run (or resume) the benchmark matrix tasks x methods x seeds.
 
     Each cell is one Optuna study in one storage; every method of a cell gets the same
@@ -118,8 +122,8 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
                                + ("--create-only" if create_only else "--simulate-workers"))
         check_launcher(launcher, storage, n_workers, partition=slurm_partition, time_min=time_min,
                        gpus=gpus_per_worker)
-    elif slurm_partition is not None or gpus_per_worker is not None or time_min is not None or slurm:
-        raise DiffhpoError("--slurm-partition, --gpus-per-worker, --time and --slurm-option need --launcher")
+    elif slurm_partition is not None or gpus_per_worker is not None or time_min is not None or slurm or detach:
+        raise DiffhpoError("--slurm-partition, --gpus-per-worker, --time, --slurm-option and --detach need --launcher")
     if seeds is not None and seeds < 1:
         raise DiffhpoError(f"--seeds must be at least 1, got {seeds}")
     offline = [n for n, cls in TASKS.items() if getattr(cls, "offline", True)]
@@ -149,12 +153,27 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         click.echo(f"launcher {launcher}: {len(jobs)} matrix worker job(s) submitted "
                    f"({', '.join(str(j.job_id) for j in jobs[:8])}{', ...' if len(jobs) > 8 else ''}); "
                    f"logs in {Path(out) / 'launch'}", err=True)
-        errors = la.wait(jobs, log=lambda line: click.echo(line, err=True))
+        from .bench import storage as st
+
+        if detach:
+            click.echo(f"launcher {launcher}: job ids {' '.join(str(j.job_id) for j in jobs)}", err=True)
+            click.echo("when they are done: " + shlex.join(["diffhpo", "report", "--out", str(out),
+                                                            "--storage", st.shown(storage)]), err=True)
+            for job in jobs:
+                job._cancel_at_deletion = False  # detached: the jobs outlive this process
+            return
+        with st.opened(storage, existing=True) as opened:
+            errors = la.wait(jobs, log=lambda line: click.echo(line, err=True), storage=opened,
+                             progress=not no_progress)
+            done, n_cells, _, _ = la.cell_counts(opened)
         del jobs  # submitit's LocalJob.__del__ fails at interpreter exit: collect the jobs now
         import gc
 
         gc.collect()
         create_only = False
+        if not errors and done < n_cells:
+            errors = [f"{n_cells - done} of {n_cells} cell(s) unfinished after every worker job ended; "
+                      f"continue them with `diffhpo worker --storage {st.shown(storage)}`"]
         if errors:
             click.echo("error: " + "; ".join(errors[:5]), err=True)
             if not no_report:

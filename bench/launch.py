@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
+
+import optuna
 
 from .contracts.errors import DiffhpoError
 from .provenance import redact_url
@@ -62,17 +65,36 @@ def check_launcher(launcher: str, url: str | None, n_workers: int, *, partition:
         raise DiffhpoError("--slurm-partition is for --launcher slurm")
 
 
-def worker_job(url: str, index: int, n_gpus: int, heartbeat: float | None, workdir: str | None) -> list:
-    """One matrix worker of the array, in its own process (submitit runs it)."""
-    if n_gpus > 0:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
-    from .console import quiet_libraries
-    from .runner import join_matrix
+class MatrixWorker:
+    """One matrix worker of the array, in its own process (submitit runs it).
 
-    quiet_libraries()
-    outcomes = join_matrix(url, progress=False, heartbeat=heartbeat,
-                           workdir=Path(workdir) if workdir else None, log=lambda line: print(line, flush=True))
-    return [(o.study_name, o.status) for o in outcomes]
+    A class rather than a function for submitit's checkpointing: when Slurm pre-empts the job
+    or its time limit nears (submitit's USR2 signal), submitit calls :meth:`checkpoint` and
+    requeues the job with what it returns: the same worker, which joins the matrix again. No
+    state needs saving, because the matrix's state is the storage; the trial cut off by the
+    signal is failed and retried by slot like any other cut-off trial (bench/workers.py)."""
+
+    def __init__(self, url: str, index: int, n_gpus: int, heartbeat: float | None, workdir: str | None):
+        self.url, self.index, self.n_gpus, self.heartbeat, self.workdir = url, index, n_gpus, heartbeat, workdir
+
+    def __call__(self) -> list:
+        if self.n_gpus > 0:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.index % self.n_gpus)
+        from .console import quiet_libraries
+        from .runner import join_matrix
+
+        quiet_libraries()
+        outcomes = join_matrix(self.url, progress=False, heartbeat=self.heartbeat,
+                               workdir=Path(self.workdir) if self.workdir else None,
+                               log=lambda line: print(line, flush=True))
+        return [(o.study_name, o.status) for o in outcomes]
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        print(f"worker {self.index}: pre-empted or out of time; requeued through submitit", flush=True)
+        return submitit.helpers.DelayedSubmission(MatrixWorker(self.url, self.index, self.n_gpus, self.heartbeat,
+                                                               self.workdir))
 
 
 def launch(launcher: str, url: str, n_workers: int, folder: Path, *, partition: str | None = None,
@@ -97,8 +119,10 @@ def launch(launcher: str, url: str, n_workers: int, folder: Path, *, partition: 
             params["additional_parameters"] = dict(options)
         executor.update_parameters(**params)
         n_gpus = 0  # Slurm sets CUDA_VISIBLE_DEVICES
-    args = [(url, i, n_gpus, heartbeat, str(workdir) if workdir else None) for i in range(n_workers)]
-    return executor.map_array(worker_job, *zip(*args))
+    workers = [MatrixWorker(url, i, n_gpus, heartbeat, str(workdir) if workdir else None) for i in range(n_workers)]
+    with executor.batch():
+        jobs = [executor.submit(w) for w in workers]
+    return jobs
 
 
 def _local_gpus() -> int:
@@ -110,16 +134,93 @@ def _local_gpus() -> int:
         return 0
 
 
-def wait(jobs: list, log: Callable[[str], None]) -> list[str]:
-    """Wait for every job; the errors of the jobs that failed (one line each)."""
+_ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+          "TIMEOUT")  # PREEMPTED: requeued next
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm's state of each job still known to slurmctld (``squeue -t all``; one call).
+
+    squeue rather than submitit's sacct, because sacct needs Slurm's accounting daemon, which
+    many small clusters (and CI's) do not run; slurmctld forgets a job ``MinJobAge`` seconds
+    (300 by default) after its end, and a job it no longer lists has ended."""
+    import subprocess
+
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return {j: "UNKNOWN" for j in job_ids}  # slurmctld busy: ask again next time
+    return dict(line.split(None, 1) for line in out.stdout.strip().splitlines() if " " in line)
+
+
+def _ended(jobs: list) -> list:
+    """The jobs among ``jobs`` that have ended (with a result or not)."""
+    ended = [j for j in jobs if j.paths.result_pickle.exists()]
+    rest = [j for j in jobs if j not in ended]
+    slurm = [j for j in rest if type(j).__name__ == "SlurmJob"]
+    if slurm:
+        states = _slurm_states([j.job_id for j in slurm])
+        ended += [j for j in slurm if states.get(j.job_id, "ENDED").split()[0] in _ENDED + ("ENDED",)]
+    ended += [j for j in rest if j not in slurm and j.done()]  # local jobs: their process has exited
+    return ended
+
+
+def cell_counts(storage) -> tuple[int, int, int, int]:
+    """(cells done, cells, completed trials, trials of the budgets) of a matrix's storage;
+    a cell's trials are counted in cost units, as its budget is."""
+    from . import storage as st
+
+    done = n = spent = budget = 0
+    for s in st.cell_studies(storage):
+        n += 1
+        done += s.user_attrs.get("status") == "done"
+        budget += float(s.user_attrs.get("budget", 0) or 0)
+        spent += sum(float(t.user_attrs.get("cost", 1)) for t in storage.get_all_trials(
+            s._study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return done, n, int(spent), int(budget)
+
+
+def wait(jobs: list, log: Callable[[str], None], *, storage=None, progress: bool = False,
+         poll_s: float = 2.0) -> list[str]:
+    """Wait for every job; the errors of the jobs that failed (one line each).
+
+    A job that ended without a result (cancelled, killed, out of time and not requeued) is
+    logged, not an error: its cut-off trial is retried by slot by the other workers, and the
+    caller checks that every cell is done. With ``storage`` and ``progress``, a bar shows the
+    cells done and the trials spent across the matrix while the jobs run."""
     errors = []
-    for job in jobs:
-        try:
-            for name, status in job.result():
-                if status.startswith("failed"):
-                    errors.append(f"{name}: {status}")
-        except Exception as exc:  # submitit's FailedJobState / UncompletedJobError
-            text = str(exc).strip().splitlines()
-            errors.append(f"worker job {job.job_id}: {text[-1] if text else type(exc).__name__}")
+    pending = list(jobs)
+    bar = None
+    if storage is not None and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cell_counts(storage)[1], desc="cells done", unit="cell", dynamic_ncols=True)
+    last = 0.0
+    while pending:
+        for job in _ended(pending):
+            pending.remove(job)
+            if not job.paths.result_pickle.exists():
+                log(f"launcher: worker job {job.job_id} ended without a result (cancelled, killed or out of time); "
+                    "its trial is retried by slot")
+                continue
+            try:
+                for name, status in job.result():
+                    if status.startswith("failed"):
+                        errors.append(f"{name}: {status}")
+            except Exception as exc:  # submitit's FailedJobState / UncompletedJobError
+                text = str(exc).strip().splitlines()
+                errors.append(f"worker job {job.job_id}: {text[-1] if text else type(exc).__name__}")
+        if bar is not None and time.monotonic() - last > 5 * poll_s:
+            done, n, spent, budget = cell_counts(storage)
+            bar.n = done
+            bar.set_postfix_str(f"cost {spent}/{budget}")
+            last = time.monotonic()
+        if pending:
+            time.sleep(poll_s)
+    if bar is not None:
+        done, n, spent, budget = cell_counts(storage)
+        bar.n = done
+        bar.set_postfix_str(f"cost {spent}/{budget}")
+        bar.close()
     log(f"launcher: {len(jobs)} worker job(s) ended")
     return errors

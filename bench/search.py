@@ -227,7 +227,8 @@ def _one_trial(cell: Cell, exclusive: bool) -> None:
             trial._suggest(name, dist)  # what study.ask(fixed_distributions=...) does, one by one
         study._storage.set_trial_system_attr(trial._trial_id, workers.ASKED, True)
         ask_s = time.perf_counter() - t0
-        trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())
+        trial.set_user_attr(workers.WORKER_KEY, workers.worker_id())  # host:pid
+        trial.set_user_attr(workers.DEVICE_KEY, workers.device())
         admitted, reason, copy = _admit(cell, trial)
         if not admitted:
             _release(study, trial, reason, copy)

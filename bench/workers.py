@@ -36,6 +36,24 @@ def worker_id() -> str:
     return f"{HOST}:{os.getpid()}"
 
 
+DEVICE_KEY = "device"
+
+
+def device() -> str:
+    """The device this worker's trials run on, recorded per trial: ``cuda:<CUDA_VISIBLE_DEVICES>``
+    (the GPUs Slurm or the local launcher gave this process; ``cuda:all`` where none was set)
+    when torch sees a GPU, else ``cpu``. Read from the environment and torch (a task has
+    imported it by then), so it names what the process could use, not what the task chose."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES') or 'all'}"
+    except Exception:  # no torch, or a CUDA build without a driver
+        pass
+    return "cpu"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -7,15 +7,38 @@ command (process start-up included) and over the search alone (first trial start
 trial end, from the stored trials).
 
     python benchmarks/workers_speed.py [--trials 24]
+
+``--matrix``: matrix workers (``diffhpo run --launcher local --workers N``: N ``diffhpo
+worker`` processes of submitit's local executor sharing a whole matrix) on PostgreSQL,
+directly and through Optuna's gRPC proxy (``diffhpo storage-proxy``), at 1, 2, 4, 8 and 16
+workers. Trials sleep (``quadratic`` with ``--option sleep_s=S``, 1 s by default: the task
+that already sleeps, rather than a copy), so a couple of cores suffice. The matrix is
+``quadratic x random x 4 seeds`` (random: every cell takes many workers at once), with a
+budget per cell giving about ``--trials-per-worker`` trials per worker. Per run it reports
+the search's throughput (completed trials over first trial start to last trial end)
+against the ideal N/S, the same once every worker runs (trials started after the last
+worker's first trial start, over the time from then to the last trial end: process
+start-ups, staggered on a loaded machine, left out), the database's peak connection count (``pg_stat_activity`` of the
+run's fresh database, sampled every 0.2 s) and the wall time from the last trial's end to
+the command's exit, i.e. final protocols, the report written and the processes gone.
+
+    source .ci/postgres.sh && pg_start     # or any server: --postgres postgresql://user@host/db
+    python benchmarks/workers_speed.py --matrix [--workers 1,2,4,8,16] [--sleep 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import math
+import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -38,10 +61,107 @@ def measure(n_workers: int, trials: int, url: str, out: Path) -> tuple[float, fl
     return len(done) / total, len(done) / span
 
 
+def _peak_connections(admin: str, db: str, stop: threading.Event, peak: list[int]) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        while not stop.is_set():
+            n = conn.execute("select count(*) from pg_stat_activity where datname = %s", (db,)).fetchone()[0]
+            peak[0] = max(peak[0], n)
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_worker: int) -> dict:
+    """One matrix run on a fresh database; the row of the table."""
+    import psycopg
+
+    db = f"diffhpo_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"create database {db}")
+    pg = admin.rsplit("/", 1)[0] + "/" + db
+    server, url = None, pg
+    seeds = 4
+    budget = max(1, math.ceil(per_worker * n_workers / seeds))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if proxy:
+                port = _free_port()
+                server = subprocess.Popen([sys.executable, "-m", "diffhpo", "storage-proxy", "--storage", pg,
+                                           "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                url = f"grpc://127.0.0.1:{port}"
+            stop, peak = threading.Event(), [0]
+            sampler = threading.Thread(target=_peak_connections, args=(admin, db, stop, peak), daemon=True)
+            sampler.start()
+            cmd = [sys.executable, "-m", "diffhpo", "run", "--task", "quadratic", "--method", "random",
+                   "--profile", "smoke", "--seeds", str(seeds), "--budget", str(budget),
+                   "--option", f"sleep_s={sleep_s}", "--storage", url, "--out", tmp, "--launcher", "local",
+                   "--workers", str(n_workers), "--no-progress"]
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            end = datetime.datetime.now()
+            stop.set()
+            sampler.join()
+            if p.returncode != 0:
+                raise SystemExit(f"error: the run with {n_workers} worker(s) failed: {p.stderr[-1500:]}")
+        storage = st.open_storage(pg)
+        done = [t for s in st.cell_studies(storage)
+                for t in storage.get_all_trials(s._study_id, states=(optuna.trial.TrialState.COMPLETE,))]
+        storage.engine.dispose()
+        first = min(t.datetime_start for t in done)
+        last = max(t.datetime_complete for t in done)
+        rate = len(done) / (last - first).total_seconds()
+        starts: dict[str, datetime.datetime] = {}
+        for t in done:
+            w = t.user_attrs["worker"]
+            starts[w] = min(starts.get(w, t.datetime_start), t.datetime_start)
+        all_in = max(starts.values())  # every worker has started its first trial
+        steady = sum(t.datetime_start >= all_in for t in done) / max((last - all_in).total_seconds(), 1e-9)
+        return dict(trials=len(done), rate=rate, steady=steady, ideal=n_workers / sleep_s, connections=peak[0],
+                    tail_s=(end - last).total_seconds())
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"drop database {db} with (force)")
+
+
+def main_matrix(args) -> None:
+    admin = args.postgres or os.environ.get("DIFFHPO_TEST_POSTGRES_URL")
+    if not admin:
+        raise SystemExit("error: --matrix needs a PostgreSQL server: --postgres URL or DIFFHPO_TEST_POSTGRES_URL "
+                         "(source .ci/postgres.sh && pg_start)")
+    print(f"quadratic x random x 4 seeds, trials sleep {args.sleep:g} s, about {args.trials_per_worker} trials "
+          f"per worker; {os.cpu_count()} CPU(s)\n")
+    print("| storage | workers | trials | trials/s | ideal/s | throughput / ideal | once all workers run / ideal "
+          "| peak DB connections | last trial end to report (s) |")
+    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for proxy in (False, True):
+        for n in args.workers:
+            r = measure_matrix(admin, n, proxy, args.sleep, args.trials_per_worker)
+            print(f"| {'gRPC proxy' if proxy else 'PostgreSQL'} | {n} | {r['trials']} | {r['rate']:.2f} | "
+                  f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--matrix", action="store_true", help="matrix workers on PostgreSQL, direct and proxied")
+    parser.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4, 8, 16])
+    parser.add_argument("--sleep", type=float, default=1.0, help="--matrix: seconds each trial sleeps")
+    parser.add_argument("--trials-per-worker", type=int, default=10)
+    parser.add_argument("--postgres", default=None, help="--matrix: a PostgreSQL URL whose server may create databases")
     args = parser.parse_args()
+    if args.matrix:
+        main_matrix(args)
+        return
     print(f"{'workers':>7} {'ideal/s':>8} {'whole/s':>8} {'search/s':>9} {'search/ideal':>12}")
     for n in (1, 2, 4):
         with tempfile.TemporaryDirectory() as tmp:
