@@ -149,7 +149,7 @@ def test_the_premise_plot_uses_the_bank_curve_of_the_cells_configuration(tmp_pat
 PREMISE_SCRIPT = """
 import numpy as np
 from diffhpo.cli import main
-from diffhpo.tasks.base import OracleContext
+from diffhpo.bench.contracts.task import OracleContext
 from diffhpo.tasks.gmm import GmmRewardTask
 from diffhpo.tasks.reward.bank import Bank
 
