@@ -83,6 +83,18 @@ one that is set enters the checkpoints' key:
   takes 10 steps on the plain network and 1 on the penalised one per q-update (the note of
   :data:`PAPER_LOOP`; ``y_step_ratio=0.1`` with 10 inner steps); spreading them is ours.
 
+**Measured, and the default kept** (README, "Drift variants"; ``benchmarks/bilevel_ablation.py``).
+gmm-schedule quick, 10 seeds, final regret median: default rule 0.043, prox (mu 100) 0.044,
+drift 0.038, resync (K 5) 0.041, ysteps (R 0.5) 0.040, default schedule 0.127; none differs from
+the default rule on the same seeds (p >= 0.43); prox and resync keep ``|y - z|`` shrinking (the
+premise holds), drift and ysteps do not; the zeroth-order-noise control is worse (p 0.049), the
+zero and penalty-noise controls are not. mnist-schedule quick, seeds 0 / 1 / 2, final FID:
+default rule 209 / 158 / 158, prox 246 / 201 / 157 (premise holds, ``|y - z|`` 0.08 -> 2e-5,
+and worse), resync 219 / 145 / 155 (``|y - z|`` 0.95 -> 0.006), default schedule 243 / 180 / 197.
+Every variant stays off: none beats the default rule beyond the seed spread on either task;
+resync is the one candidate left (better than the default rule on 2 of 3 mnist seeds, its
+controls there not yet run).
+
 **A diverged y restarts from z** (always on, not a variant): an outer iteration whose
 checkpointed y has non-finite weights starts with ``y <- z`` as a re-sync does, and records
 ``y_reset``; that iteration's predecessor reported a NaN hypergradient, which the sampler
