@@ -93,7 +93,8 @@ Choices where the paper leaves freedom, and why:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -102,9 +103,6 @@ from ..single_loop import SingleLoop, rescale_deviation, shared_adam_step, zo_gr
 from . import schedules as S
 from .sampling import ddim_chain, ddim_scheduler, initial_noise
 
-if TYPE_CHECKING:
-    from .task import MnistScheduleTask
-
 __all__ = ["FeatureSurrogate", "SingleLoop", "rescale_deviation", "shared_adam_step", "zo_gradient"]
 
 UPPER_NOISE = 32  # derive_seed purpose tag of the surrogate's DDIM batch
@@ -112,10 +110,20 @@ UPPER_NOISE = 32  # derive_seed purpose tag of the surrogate's DDIM batch
 
 class FeatureSurrogate:
     """``f~``, the differentiable surrogate of FID that ``y`` follows (module docstring):
-    the diagonal Fréchet distance of ``mnist-net`` features."""
+    the diagonal Fréchet distance of ``mnist-net`` features.
 
-    def __init__(self, task: "MnistScheduleTask") -> None:
-        self.task = task
+    It is handed what it needs of the task (the FID reference, the data folder, the profile's
+    batch, image size and DDIM steps, and the resize to the metric's input), not the task
+    itself, so this module does not look back up at ``task.py`` (issue 25: no circles)."""
+
+    def __init__(self, *, reference: str, data_root: Path | str | None, batch: int, image_size: int,
+                 sample_steps: int, to_metric_size: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.reference = reference
+        self.data_root = data_root
+        self.batch = int(batch)
+        self.image_size = int(image_size)
+        self.sample_steps = int(sample_steps)
+        self.to_metric_size = to_metric_size
         self._ref_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self._feature_net = None
 
@@ -133,8 +141,8 @@ class FeatureSurrogate:
             from ...bench.toolkit.metrics.feature_net import preprocess
             from ...bench.toolkit.metrics.fidelity import parse_reference
 
-            name, split = parse_reference(self.task.reference)
-            images = load_mnist(name, split, self.task.data_root)[0]
+            name, split = parse_reference(self.reference)
+            images = load_mnist(name, split, self.data_root)[0]
             net = self._features_net()
             with torch.no_grad():
                 feats = torch.cat([net(preprocess(images[i : i + 500]))[0] for i in range(0, len(images), 500)])
@@ -150,10 +158,10 @@ class FeatureSurrogate:
 
     def __call__(self, net, sched: S.Schedule, seed: int, k: int) -> torch.Tensor:
         """``f~``: diagonal Fréchet distance of features of a differentiable DDIM batch of ``net``."""
-        n = int(self.task.config.bl_upper_batch)
-        noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k), int(self.task.config.image_size))
-        x = ddim_chain(net, ddim_scheduler(sched.betas, int(self.task.config.sample_steps)), noise)
-        feats = self.features(self.task.to_metric_size(x))
+        n = self.batch
+        noise = initial_noise(n, derive_seed(seed, UPPER_NOISE, k), self.image_size)
+        x = ddim_chain(net, ddim_scheduler(sched.betas, self.sample_steps), noise)
+        feats = self.features(self.to_metric_size(x))
         mu_r, sd_r = self.reference_stats()
         sd = feats.std(0) if n > 1 else torch.zeros_like(mu_r)
         return ((feats.mean(0) - mu_r) ** 2).sum() + ((sd - sd_r) ** 2).sum()

@@ -326,7 +326,10 @@ class MnistScheduleTask(ScheduleSpace, Task):
         if self._surrogate is None:
             from .bilevel import FeatureSurrogate
 
-            self._surrogate = FeatureSurrogate(self)
+            c = self.config
+            self._surrogate = FeatureSurrogate(
+                reference=self.reference, data_root=self.data_root, batch=c.bl_upper_batch,
+                image_size=c.image_size, sample_steps=c.sample_steps, to_metric_size=self.to_metric_size)
         return self._surrogate(net, sched, seed, k)
 
     def train_full(self, sched: S.Schedule, seed: int, on_checkpoint=None) -> tuple[torch.nn.Module, float]:
