@@ -92,8 +92,10 @@ zero and penalty-noise controls are not. mnist-schedule quick, seeds 0 / 1 / 2, 
 default rule 209 / 158 / 158, prox 246 / 201 / 157 (premise holds, ``|y - z|`` 0.08 -> 2e-5,
 and worse), resync 219 / 145 / 155 (``|y - z|`` 0.95 -> 0.006), default schedule 243 / 180 / 197.
 Every variant stays off: none beats the default rule beyond the seed spread on either task;
-resync is the one candidate left (better than the default rule on 2 of 3 mnist seeds, its
-controls there not yet run).
+resync, the one candidate left (better than the default rule on 2 of 3 mnist seeds), lost to
+its own penalty-noise control there (143 / 158 / 162: worse on 2 of 3 seeds, better on seed 0
+by more than either gap; ``benchmarks/bilevel_ablation.py --task mnist-schedule --seeds 3
+--variants resync,resync-penalty-noise``), so its gain is a random walk of q too.
 
 **A diverged y restarts from z** (always on, not a variant): an outer iteration whose
 checkpointed y has non-finite weights starts with ``y <- z`` as a re-sync does, and records
