@@ -323,6 +323,23 @@ def record(task: Any, study: optuna.Study, plan: Plan, space: Mapping[str, BaseD
 # -- tables ----------------------------------------------------------------------------------------
 
 
+#: a reported step this close to a checkpoint's step is that checkpoint's value (1% of a solve)
+CHECKPOINT_TOLERANCE = 10
+
+
+def checkpoint_value(intermediate: dict[int, float], step: int) -> float:
+    """The primary metric a trial reported at the checkpoint ``step`` (``round(fraction x
+    FIDELITY_STEPS)``), or NaN. A task reports its *measured* progress, which rounding to whole
+    training steps moves off the checkpoint: ``mnist-schedule`` quick reports its half-way FID
+    at step 501 (the checkpoint falls between two of its training steps), and an exact lookup
+    lost that column of its first table. The nearest reported step within
+    :data:`CHECKPOINT_TOLERANCE` is taken."""
+    if step in intermediate:
+        return float(intermediate[step])
+    near = [s for s in intermediate if abs(s - step) <= CHECKPOINT_TOLERANCE]
+    return float(intermediate[min(near, key=lambda s: (abs(s - step), s))]) if near else float("nan")
+
+
 def table_frame(study: optuna.Study, plan: Plan, meta: dict) -> pd.DataFrame:
     """One row per finished planned evaluation, in plan order."""
     names = list(meta["space"])
@@ -334,7 +351,7 @@ def table_frame(study: optuna.Study, plan: Plan, meta: dict) -> pd.DataFrame:
         row: dict[str, Any] = {"index": idx, "config": e.config, "role": e.role, "seed": e.seed}
         row.update({f"p_{n}": e.params[n] for n in names})
         row.update({f"m_{k}": t.user_attrs.get(f"metric_{k}", float("nan")) for k in metric_names})
-        row.update({f"iv_{s}": t.intermediate_values.get(s, float("nan")) for s in steps})
+        row.update({f"iv_{s}": checkpoint_value(t.intermediate_values, s) for s in steps})
         row["state"] = "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL"
         row["error"] = t.user_attrs.get("evaluation_error", "")
         for c in ("wall_s", "cpu_s", "peak_rss_mib"):

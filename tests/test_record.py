@@ -270,6 +270,29 @@ def test_the_mean_model_predicts_each_output(smoke_table):
     np.testing.assert_allclose(mean.predict(x), mean.est.predict(x) * mean.sd + mean.mu, rtol=1e-5)
 
 
+def test_a_checkpoint_reported_off_its_step_is_recorded():
+    """mnist-schedule quick reports its half-way FID at step 501 (measured progress); the table's
+    iv_500 column takes it, and a step far from every checkpoint is no checkpoint's value."""
+    import math
+
+    iv = {250: 9.0, 501: 5.0, 750: 3.0, 900: 1.0}
+    assert [rec.checkpoint_value(iv, s) for s in (250, 500, 750)] == [9.0, 5.0, 3.0]
+    assert math.isnan(rec.checkpoint_value(iv, 600))
+
+
+def test_the_wall_model_leaves_out_rows_starved_by_other_work():
+    """Rows recorded beside other work (CPU/wall ratio well below the table's usual) do not enter
+    the wall-time model; rows of a machine to themselves, fast or slow, do."""
+    from diffhpo.tasks.surrogate import model as M
+
+    rows = pd.DataFrame({"wall_s": [50.0, 60.0, 55.0, 130.0, 240.0, 65.0],
+                         "cpu_s": [99.0, 119.0, 109.0, 80.0, 82.0, 129.0]})
+    kept = M.timed_rows(rows)
+    assert kept.index.tolist() == [0, 1, 2, 5]
+    one_core = pd.DataFrame({"wall_s": [80.0, 90.0, 300.0], "cpu_s": [79.0, 88.0, 85.0]})
+    assert M.timed_rows(one_core).index.tolist() == [0, 1]
+
+
 def test_the_shipped_table_matches_its_task():
     """The shipped gmm-schedule table verifies against its checksum and the task's current
     configuration and space (a change to either refuses the surrogate until it is re-recorded)."""
@@ -279,6 +302,17 @@ def test_the_shipped_table_matches_its_task():
     rec.check_table_for(table, task=TASK, profile="quick", version=rec.task_version(real), variant="default",
                         space=real.search_space())
     assert table.meta["plan"]["configs"] >= 512 and table.meta["plan"]["replicated"] == 20
+
+
+def test_the_shipped_mnist_table_matches_its_task():
+    """The shipped mnist-schedule table (200 evaluations, issue 23) verifies against its checksum,
+    the task's configuration and space, and registers its surrogate."""
+    assert "mnist-schedule-surrogate" in TASKS.names()
+    real = TASKS.get("mnist-schedule")("quick")
+    table = rec.load_table(rec.TABLES_DIR / "mnist-schedule.quick.default.csv.gz")
+    rec.check_table_for(table, task="mnist-schedule", profile="quick", version=rec.task_version(real),
+                        variant="default", space=real.search_space())
+    assert table.meta["complete"] and len(table.frame) == 200 and table.meta["plan"]["replicated"] == 8
 
 
 def test_a_table_committed_part_way_registers_no_surrogate(tmp_path, monkeypatch):
