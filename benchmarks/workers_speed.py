@@ -19,8 +19,12 @@ the search's throughput (completed trials over first trial start to last trial e
 against the ideal N/S, the same once every worker runs (trials started after the last
 worker's first trial start, over the time from then to the last trial end: process
 start-ups, staggered on a loaded machine, left out), the database's peak connection count (``pg_stat_activity`` of the
-run's fresh database, sampled every 0.2 s) and the wall time from the last trial's end to
-the command's exit, i.e. final protocols, the report written and the processes gone.
+run's fresh database, sampled every 0.2 s), the wall time from the last trial's end to
+the command's exit (final protocols and the processes gone; ``--no-report``), the final
+protocols' seconds (a cell's final protocol occupies its worker, so the search-only ratios
+above cannot reach 1 while other cells search), and **workers busy**: the seconds of trials
+and final protocols over N times the span from the first trial's start to the command's exit,
+the whole matrix's efficiency (1 would be no start-up, no idle wait and no shutdown).
 
     source .ci/postgres.sh && pg_start     # or any server: --postgres postgresql://user@host/db
     python benchmarks/workers_speed.py --matrix [--workers 1,2,4,8,16] [--sleep 1]
@@ -101,7 +105,7 @@ def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_
             cmd = [sys.executable, "-m", "diffhpo", "run", "--task", "quadratic", "--method", "random",
                    "--profile", "smoke", "--seeds", str(seeds), "--budget", str(budget),
                    "--option", f"sleep_s={sleep_s}", "--storage", url, "--out", tmp, "--launcher", "local",
-                   "--workers", str(n_workers), "--no-progress"]
+                   "--workers", str(n_workers), "--no-progress", "--no-report"]
             env = dict(os.environ, OMP_NUM_THREADS="1")
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             end = datetime.datetime.now()
@@ -110,8 +114,10 @@ def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_
             if p.returncode != 0:
                 raise SystemExit(f"error: the run with {n_workers} worker(s) failed: {p.stderr[-1500:]}")
         storage = st.open_storage(pg)
-        done = [t for s in st.cell_studies(storage)
+        studies = st.cell_studies(storage)
+        done = [t for s in studies
                 for t in storage.get_all_trials(s._study_id, states=(optuna.trial.TrialState.COMPLETE,))]
+        finals_s = sum(float(s.user_attrs.get("final_measure", {}).get("wall_s", 0.0)) for s in studies)
         storage.engine.dispose()
         first = min(t.datetime_start for t in done)
         last = max(t.datetime_complete for t in done)
@@ -122,8 +128,12 @@ def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_
             starts[w] = min(starts.get(w, t.datetime_start), t.datetime_start)
         all_in = max(starts.values())  # every worker has started its first trial
         steady = sum(t.datetime_start >= all_in for t in done) / max((last - all_in).total_seconds(), 1e-9)
+        # the workers' busy seconds (trials and final protocols) over all they could have given
+        # from the first trial's start to the command's exit (start-up, idle waits, shutdown lost)
+        busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) + finals_s
         return dict(trials=len(done), rate=rate, steady=steady, ideal=n_workers / sleep_s, connections=peak[0],
-                    tail_s=(end - last).total_seconds())
+                    tail_s=(end - last).total_seconds(), finals_s=finals_s,
+                    busy=busy / (n_workers * (end - first).total_seconds()))
     finally:
         if server is not None:
             server.terminate()
@@ -140,13 +150,13 @@ def main_matrix(args) -> None:
     print(f"quadratic x random x 4 seeds, trials sleep {args.sleep:g} s, about {args.trials_per_worker} trials "
           f"per worker; {os.cpu_count()} CPU(s)\n")
     print("| storage | workers | trials | trials/s | ideal/s | throughput / ideal | once all workers run / ideal "
-          "| peak DB connections | last trial end to report (s) |")
-    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|")
+          "| peak DB connections | last trial end to exit (s) | final protocols (s) | workers busy (trials + finals) |")
+    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for proxy in (False, True):
         for n in args.workers:
             r = measure_matrix(admin, n, proxy, args.sleep, args.trials_per_worker)
             print(f"| {'gRPC proxy' if proxy else 'PostgreSQL'} | {n} | {r['trials']} | {r['rate']:.2f} | "
-                  f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} |",
+                  f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} | {r['finals_s']:.0f} | {r['busy']:.2f} |",
                   flush=True)
 
 
