@@ -21,7 +21,8 @@ printed), in ``OUT/<task>/<variant>``:
   same controls as suffixes): ``bilevel.prox_mu=100`` (proximal term ``(mu/2)|y - z|^2`` on
   y), ``bilevel.gamma_rule=drift`` (gamma grows only while ``|y - z|`` shrinks),
   ``bilevel.resync_every=5`` (``y <- z`` every 5 outer iterations), ``bilevel.y_step_ratio=0.5``
-  (y takes half the inner steps). The values are first guesses; their measurement is owed;
+  (y takes half the inner steps). The values are first guesses, measured at these values only
+  (README, "Drift variants": none works on mnist-schedule; a sweep of each value is not run);
 * ``no search``: the ``default`` method (the task's default schedule), for scale.
 
 **Signal-to-noise ratio** of a term, per coordinate: ``|mean_k t_k| / std_k t_k`` over
@@ -72,7 +73,7 @@ from diffhpo.tasks.schedule_diagnostics import TERMS, premise_row, term_table
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 #: rule name (no "-") -> its method options. The drift variants of issue 27 (tasks/single_loop.py,
-#: methods/bilevel.py): their values are first guesses, checked for mechanics only (a sweep is owed).
+#: methods/bilevel.py): their values are first guesses, measured at these values (README; no sweep).
 RULES = {"default": [], "paper": ["bilevel.preset=paper"], "prox": ["bilevel.prox_mu=100"],
          "drift": ["bilevel.gamma_rule=drift"], "resync": ["bilevel.resync_every=5"],
          "ysteps": ["bilevel.y_step_ratio=0.5"]}

@@ -90,7 +90,10 @@ the default rule on the same seeds (p >= 0.43); prox and resync keep ``|y - z|``
 premise holds), drift and ysteps do not; the zeroth-order-noise control is worse (p 0.049), the
 zero and penalty-noise controls are not. mnist-schedule quick, seeds 0 / 1 / 2, final FID:
 default rule 209 / 158 / 158, prox 246 / 201 / 157 (premise holds, ``|y - z|`` 0.08 -> 2e-5,
-and worse), resync 219 / 145 / 155 (``|y - z|`` 0.95 -> 0.006), default schedule 243 / 180 / 197.
+and worse), resync 219 / 145 / 155 (``|y - z|`` 0.95 -> 0.006), drift 226 / 159 / 194
+(``|y - z|`` 0.95 -> 22.6: gamma stops at 15, the drift is not bounded), ysteps 138 / 229 / 188
+(``|y - z|`` 3.3 -> 16.4, worse than the default schedule on seed 1), default schedule
+243 / 180 / 197.
 Every variant stays off: none beats the default rule beyond the seed spread on either task;
 resync, the one candidate left (better than the default rule on 2 of 3 mnist seeds), lost to
 its own penalty-noise control there (143 / 158 / 162: worse on 2 of 3 seeds, better on seed 0
