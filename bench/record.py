@@ -334,8 +334,6 @@ def checkpoint_value(intermediate: dict[int, float], step: int) -> float:
     at step 501 (the checkpoint falls between two of its training steps), and an exact lookup
     lost that column of its first table. The nearest reported step within
     :data:`CHECKPOINT_TOLERANCE` is taken."""
-    if step in intermediate:
-        return float(intermediate[step])
     near = [s for s in intermediate if abs(s - step) <= CHECKPOINT_TOLERANCE]
     return float(intermediate[min(near, key=lambda s: (abs(s - step), s))]) if near else float("nan")
 

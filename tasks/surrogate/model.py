@@ -28,8 +28,8 @@ Choices (freedom exists; the reasons):
   Fitted only on the rows recorded with the process's cores to itself: rows whose CPU/wall
   ratio is below half the table's 90th percentile (:data:`STARVED`) measured other work's load,
   not the task (:func:`timed_rows`). Measured: mnist-schedule's first 32 rows, recorded on one
-  core beside other runs, have ratios 0.59 to 0.94 and 77 to 248 s of wall, the 168 recorded
-  alone 1.98 to 1.99 and 46 to 66 s; gmm-schedule's 286 of 1,100 rows recorded at load 3 to 7
+  core beside other runs, have ratios 0.33 to 0.99 and 77 to 248 s of wall, the 168 recorded
+  alone 1.81 to 1.99 and 36 to 69 s; gmm-schedule's 286 of 1,100 rows recorded at load 3 to 7
   fall below the cut (ratio 5th / 50th / 90th percentile 0.25 / 0.97 / 1.00).
   **Memory**: ExtraTrees of ``peak_rss_mib`` (no noise).
 * **Known optimum**: the mean model's best final value over a scrambled Sobol set of 2^14
@@ -235,11 +235,11 @@ def draw(params: Mapping[str, Any], seed: int, what: str) -> float:
 STARVED = 0.5
 
 
-def timed_rows(rows):
-    """The rows the wall-time model is fitted on: those not starved by other work (:data:`STARVED`)."""
+def timed_rows(rows) -> np.ndarray:
+    """Which rows the wall-time model is fitted on (a boolean mask): those not starved by other
+    work (:data:`STARVED`)."""
     ratio = rows["cpu_s"].to_numpy(float) / np.maximum(rows["wall_s"].to_numpy(float), 1e-9)
-    keep = ratio >= STARVED * np.percentile(ratio, 90)
-    return rows[keep]
+    return ratio >= STARVED * np.percentile(ratio, 90)
 
 
 def fit(table: Table, space: Mapping[str, Any], kind: str = "extratrees") -> Surrogate:
@@ -256,9 +256,9 @@ def fit(table: Table, space: Mapping[str, Any], kind: str = "extratrees") -> Sur
         noise[out] = fit_noise(s["mean"].to_numpy(), s["std"].to_numpy())
     x = unit_features(space, {n: ok[f"p_{n}"] for n in space})
     timed = timed_rows(ok)
-    logw = np.log(np.maximum(timed["wall_s"].to_numpy(float), 1e-6))
-    wall = estimator("extratrees").fit(unit_features(space, {n: timed[f"p_{n}"] for n in space}), logw)
-    spread = replicate_spread(timed.assign(logw=logw), "logw")
+    logw = np.log(np.maximum(ok["wall_s"].to_numpy(float)[timed], 1e-6))
+    wall = estimator("extratrees").fit(x[timed], logw)
+    spread = replicate_spread(ok[timed].assign(logw=logw), "logw")
     wall_sigma = float(np.sqrt(np.mean(spread["std"] ** 2))) if len(spread) else 0.0
     memory = estimator("extratrees").fit(x, ok["peak_rss_mib"].to_numpy(float))
     with warnings.catch_warnings():
