@@ -54,12 +54,14 @@ def cli():
 
 @cli.command()
 @click.option("--task", "-t", "task_list", default="all", show_default=True,
-              help="Comma-separated task names, or 'all' (every task that works offline).")
+              help="Comma-separated task names, or 'all': the default matrix, every task that works offline "
+                   "(there mnist-schedule's quick cells search 2 trainings and leave out the pruners; "
+                   "`-t mnist-schedule` runs them in full; the run's first lines say so).")
 @click.option("--method", "-m", "method_list", default="all", show_default=True,
               help="Comma-separated method names, or 'all'.")
 @click.option("--seeds", default=None, type=int,
               help="Number of seeds per task: seeds 0..N-1 (or --seed-start..). Default: each task's own "
-                   "(10 for quadratic and the gmm tasks, 1 for the MNIST tasks).")
+                   "(20 for the surrogate tasks, 10 for quadratic and the gmm tasks, 1 for the real MNIST tasks).")
 @click.option("--seed-start", default=0, show_default=True, type=int, help="First seed.")
 @click.option("--profile", "-p", default=DEFAULT_PROFILE, show_default=True,
               type=click.Choice(list(PROFILES)), help="Size of every task's work (see `diffhpo list`).")
@@ -141,6 +143,7 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
         task_options=_key_values(task_options, "--option"), method_options=per_method,
         progress=not no_progress, workers=1 if launcher else n_workers, heartbeat=heartbeat,
         create_only=create_only or launcher is not None, simulate_workers=simulate_workers,
+        default_matrix=task_list.strip() == "all",
     )
     check_spec(spec)  # every value, and every task's data and weights, before the first line of work
     built = build_tasks(spec)

@@ -57,6 +57,7 @@ from .measure import measure
 from .contracts.registry import TASKS
 from .search import Cell, CountedTrialsPruner, EnvironmentStop, fresh, ledger, search, search_over
 from .contracts.seeds import check_seeds, final_seeds
+from .contracts.task import DefaultMatrix
 from .simulate import check_simulate, search_simulated
 
 Task = Any  # a diffhpo.bench.contracts.task.Task; bench/ names tasks only through the registry
@@ -80,13 +81,23 @@ class RunSpec:
     create_only: bool = False
     seed_start: int = 0
     simulate_workers: int | None = None  # simulated asynchronous workers (bench/simulate.py)
+    # The default matrix (`diffhpo run` without --task): each task's ``default_matrix`` entry
+    # for the profile applies (its options under the user's, its pruners=False).
+    default_matrix: bool = False
 
     def seeds_for(self, task: Task) -> list[int]:
         """The seeds of ``task``'s cells: the given ones, or the task's ``default_seeds``
-        (the known-answer tasks afford 10, the MNIST tasks 1) from ``seed_start``."""
+        (the surrogates 20, the known-answer tasks 10, the real MNIST tasks 1) from ``seed_start``."""
         if self.seeds is not None:
             return list(self.seeds)
         return list(range(self.seed_start, self.seed_start + int(getattr(task, "default_seeds", 1))))
+
+    def matrix_entry(self, task: type[Task] | Task) -> DefaultMatrix | None:
+        """``task``'s :class:`~diffhpo.bench.contracts.task.DefaultMatrix` for this run (None:
+        not the default matrix, or the task runs the same cells there)."""
+        if not self.default_matrix:
+            return None
+        return dict(getattr(task, "default_matrix", {}) or {}).get(self.profile)
 
 
 @dataclass
@@ -100,11 +111,42 @@ class CellOutcome:
 def build_tasks(spec: RunSpec) -> dict[str, Task]:
     """Every task of the matrix with its options checked, then each task's
     :meth:`~diffhpo.bench.contracts.task.Task.check_ready` (data, weights, drivers, devices): a
-    missing piece stops the run here, before any cell spends budget."""
-    tasks = {name: TASKS.get(name)(spec.profile, **spec.task_options) for name in spec.tasks}
+    missing piece stops the run here, before any cell spends budget.
+
+    In the default matrix a task's ``default_matrix`` options come first and the user's
+    ``--option`` values override them (``--budget`` overrides a ``budget`` there); only the
+    user's count as given (:attr:`~diffhpo.bench.contracts.task.Task.given_options`)."""
+    tasks = {}
+    for name in spec.tasks:
+        cls = TASKS.get(name)
+        entry = spec.matrix_entry(cls)
+        options = {k: v for k, v in (entry.options.items() if entry else ())
+                   if not (k == "budget" and spec.budget is not None)}
+        task = cls(spec.profile, **{**options, **spec.task_options})
+        task.given_options = frozenset(spec.task_options)
+        tasks[name] = task
     for task in tasks.values():
         task.check_ready()
     return tasks
+
+
+def default_matrix_lines(spec: RunSpec, tasks: Mapping[str, Task]) -> list[str]:
+    """One line per task whose default-matrix cells differ from ``-t NAME``'s (what the
+    run's first lines say)."""
+    lines = []
+    for name, task in tasks.items():
+        entry = spec.matrix_entry(task)
+        if entry is None:
+            continue
+        kept = {k: v for k, v in entry.options.items() if k not in spec.task_options
+                and not (k == "budget" and spec.budget is not None)}
+        parts = [", ".join(f"{k}={v}" for k, v in kept.items())] if kept else []
+        if not entry.pruners:
+            parts.append("no pruning methods")
+        if parts:
+            lines.append(f"default matrix: {name} runs with {'; '.join(parts)} ({entry.why}; "
+                         f"`diffhpo run -t {name}` runs the full cells)")
+    return lines
 
 
 def check_spec(spec: RunSpec) -> dict[str, Method]:
@@ -175,13 +217,18 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
     url = spec.storage if spec.storage is not None else st.default_url(st.ensure_writable(spec.out))
     outcomes = []
     with workers.sqlite_lock(url), st.storage_errors(url), st.opened(url, heartbeat=spec.heartbeat) as storage:
+        for line in default_matrix_lines(spec, tasks):
+            log(line)
         planned = []  # (task, method name, method, seed) of every cell that applies
         for task_name, task in tasks.items():
             seeds = spec.seeds_for(task)
             check_seeds(seeds)
+            entry = spec.matrix_entry(task)
             for seed in seeds:
                 for method_name, method in methods.items():
                     why = skip_reason(task, method)
+                    if why is None and entry is not None and not entry.pruners and method.make_pruner is not None:
+                        why = "a pruning method, left out of this task's cells in the default matrix"
                     if why:
                         if seed == seeds[0]:
                             log(f"{task_name}.{method_name}: skipped ({why})")

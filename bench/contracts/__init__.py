@@ -3,7 +3,7 @@
 A plug-in author needs only this floor (README, "Adding a method" and "Adding a task"):
 
 * a task: :class:`Task` and its types :class:`Metric`, :class:`OracleContext`,
-  :class:`OracleResult` (:mod:`.task`); its settings declared with :func:`option`
+  :class:`OracleResult`, :class:`DefaultMatrix` (:mod:`.task`); its settings declared with :func:`option`
   (:mod:`.options`); its errors :class:`DiffhpoError` (:mod:`.errors`); the fidelity
   constants (:mod:`.fidelity`) and the final protocol's seeds (:mod:`.seeds`);
 * a method: :class:`Method` and :class:`MethodContext` (:mod:`.method`);
@@ -21,7 +21,7 @@ from .errors import DiffhpoError
 from .method import METHODS, Method, MethodContext, register_method
 from .options import option
 from .registry import TASKS, Registry
-from .task import Metric, OracleContext, OracleResult, Task
+from .task import DefaultMatrix, Metric, OracleContext, OracleResult, Task
 
-__all__ = ["Diagnostic", "DiffhpoError", "METHODS", "Method", "MethodContext", "Metric", "OracleContext",
+__all__ = ["DefaultMatrix", "Diagnostic", "DiffhpoError", "METHODS", "Method", "MethodContext", "Metric", "OracleContext",
            "OracleResult", "Registry", "TASKS", "Task", "option", "register_method"]

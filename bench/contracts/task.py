@@ -101,6 +101,23 @@ class OracleResult:
     evaluated: bool = False
 
 
+@dataclass(frozen=True)
+class DefaultMatrix:
+    """How a task enters the *default matrix* (``diffhpo run`` with no ``--task``, the
+    README's main job) on one profile, where that differs from ``diffhpo run -t NAME``.
+
+    The default matrix has a wall-time target (45 minutes on 2 idle CPU cores, issue 23), so
+    an expensive task may run a smaller cell there: ``options`` are task settings applied
+    before the user's (``--option`` and ``--budget`` win), and ``pruners=False`` leaves the
+    pruning methods out of the task's cells (they are then compared on the task's surrogate
+    and on the cheaper tasks). ``why`` says so in the run's first lines. A task outside this
+    mapping (or a profile outside it) runs the same cells in both matrices."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    pruners: bool = True
+    why: str = ""
+
+
 class Task(abc.ABC):
     """Base class of all tasks. Subclasses set the class variables and implement the
     abstract methods; ``profiles`` maps each profile name to a config dataclass instance,
@@ -122,8 +139,12 @@ class Task(abc.ABC):
     # and ``penalty_term``) says so; the bilevel method refuses the switches elsewhere.
     ablation_switches: ClassVar[bool] = False
     # Seeds of the default matrix (``diffhpo run`` without --seeds): cheap tasks with a known
-    # answer afford enough seeds to separate methods from noise; the MNIST tasks one.
+    # answer (and the surrogates, 20) afford enough seeds to separate methods from noise; the real
+    # MNIST tasks one.
     default_seeds: ClassVar[int] = 1
+    # Profile -> how the task's cells differ in the default matrix (:class:`DefaultMatrix`);
+    # empty: the same cells as with ``-t NAME``.
+    default_matrix: ClassVar[Mapping[str, DefaultMatrix]] = {}
     profiles: ClassVar[Mapping[str, Any]]
 
     def __init__(self, profile: str = "quick", **options: Any) -> None:
