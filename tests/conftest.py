@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -7,6 +8,13 @@ import optuna
 import pytest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# A suite started in the background of a non-interactive shell (`bash .ci/run &`) inherits SIGINT
+# ignored, and so would every run it starts (an ignored signal stays ignored across exec): the
+# interrupt tests' Ctrl-C would never arrive, tests/test_interrupt.py failed and then waited for
+# ever. Python's own handler puts it back; children then start with the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # the test-support modules (toys.py: the shared toy tasks) import as top-level modules
 sys.path.insert(0, str(Path(__file__).resolve().parent))
