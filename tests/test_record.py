@@ -314,6 +314,22 @@ def test_the_shipped_mnist_table_matches_its_task():
     assert table.meta["complete"] and len(table.frame) == 200 and table.meta["plan"]["replicated"] == 8
 
 
+def test_the_shipped_reward_tables_match_their_task():
+    """The shipped reward-mnist tables (lambda and w, 246 evaluations each, issue 23) verify
+    against their checksums, the task's configuration and both spaces, and register the surrogate;
+    its modelled alignment is deterministic in (lambda, seed)."""
+    assert "reward-mnist-surrogate" in TASKS.names() and "reward-mnist-bold-surrogate" not in TASKS.names()
+    real = TASKS.get("reward-mnist")("quick")
+    for variant in ("default", "weighted-sum"):
+        table = rec.load_table(rec.TABLES_DIR / f"reward-mnist.quick.{variant}.csv.gz")
+        rec.check_table_for(table, task="reward-mnist", profile="quick", version=rec.task_version(real),
+                            variant=variant, space=real.search_space_for(variant))
+        assert table.meta["complete"] and len(table.frame) == 246 and table.meta["plan"]["replicated"] == 41
+    sur = TASKS.get("reward-mnist-surrogate")("quick")
+    a, b = sur.evaluate({"lam": 1.0}, 3), sur.evaluate({"lam": 1.0}, 3)
+    assert a == b and a != sur.evaluate({"lam": 1.0}, 4)
+
+
 def test_a_table_committed_part_way_registers_no_surrogate(tmp_path, monkeypatch):
     import gzip
     import json

@@ -66,9 +66,9 @@ class SurrogateTask(Task):
     real_options: ClassVar[dict[str, Any]] = {}
     tables: ClassVar[dict[str, Path]]
     # In the default matrix (issue 23): a shipped table needs no download, and 20 seeds
-    # separate methods where the real MNIST task affords one (the 20-seed cells of both
-    # surrogates cost about 190 s of the default run on 2 idle cores, measured from the
-    # 50-seed runs: gmm 408 s and mnist 249 s, BoTorch's sampler most of it).
+    # separate methods where the real MNIST tasks afford one. Measured on 2 idle cores: the
+    # 20-seed cells of gmm-schedule-surrogate 61 s and mnist-schedule-surrogate 38 s of the
+    # default run (BoTorch's sampler most of it), reward-mnist-surrogate 55 s run alone.
     offline = True
     default_seeds = 20
 
