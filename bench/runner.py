@@ -99,6 +99,12 @@ class RunSpec:
             return None
         return dict(getattr(task, "default_matrix", {}) or {}).get(self.profile)
 
+    def matrix_options(self, entry: DefaultMatrix | None) -> dict[str, Any]:
+        """The options of ``entry`` that apply: those the user did not give (``--option``; and
+        ``budget`` where ``--budget`` is given)."""
+        return {k: v for k, v in (entry.options.items() if entry else ())
+                if k not in self.task_options and not (k == "budget" and self.budget is not None)}
+
 
 @dataclass
 class CellOutcome:
@@ -115,15 +121,16 @@ def build_tasks(spec: RunSpec) -> dict[str, Task]:
 
     In the default matrix a task's ``default_matrix`` options come first and the user's
     ``--option`` values override them (``--budget`` overrides a ``budget`` there); only the
-    user's count as given (:attr:`~diffhpo.bench.contracts.task.Task.given_options`)."""
+    user's count as given (:attr:`~diffhpo.bench.contracts.task.Task.given_options`). Each task
+    keeps its entry as ``matrix_entry`` (None outside the default matrix), which
+    :func:`skip_reason` reads."""
     tasks = {}
     for name in spec.tasks:
         cls = TASKS.get(name)
         entry = spec.matrix_entry(cls)
-        options = {k: v for k, v in (entry.options.items() if entry else ())
-                   if not (k == "budget" and spec.budget is not None)}
-        task = cls(spec.profile, **{**options, **spec.task_options})
+        task = cls(spec.profile, **spec.matrix_options(entry), **spec.task_options)
         task.given_options = frozenset(spec.task_options)
+        task.matrix_entry = entry
         tasks[name] = task
     for task in tasks.values():
         task.check_ready()
@@ -135,11 +142,10 @@ def default_matrix_lines(spec: RunSpec, tasks: Mapping[str, Task]) -> list[str]:
     run's first lines say)."""
     lines = []
     for name, task in tasks.items():
-        entry = spec.matrix_entry(task)
+        entry = getattr(task, "matrix_entry", None)
         if entry is None:
             continue
-        kept = {k: v for k, v in entry.options.items() if k not in spec.task_options
-                and not (k == "budget" and spec.budget is not None)}
+        kept = spec.matrix_options(entry)
         parts = [", ".join(f"{k}={v}" for k, v in kept.items())] if kept else []
         if not entry.pruners:
             parts.append("no pruning methods")
@@ -223,12 +229,9 @@ def run_matrix(spec: RunSpec, *, log: Callable[[str], None] = print,
         for task_name, task in tasks.items():
             seeds = spec.seeds_for(task)
             check_seeds(seeds)
-            entry = spec.matrix_entry(task)
             for seed in seeds:
                 for method_name, method in methods.items():
                     why = skip_reason(task, method)
-                    if why is None and entry is not None and not entry.pruners and method.make_pruner is not None:
-                        why = "a pruning method, left out of this task's cells in the default matrix"
                     if why:
                         if seed == seeds[0]:
                             log(f"{task_name}.{method_name}: skipped ({why})")
@@ -297,6 +300,9 @@ def skip_reason(task: Task, method: Method) -> str | None:
         return f"the task has no {method.space!r} search space"
     if method.make_pruner is not None and not task.has_fidelity:
         return "a pruning method, and the task has no fidelity: its lower-level solve reports no progress"
+    entry = getattr(task, "matrix_entry", None)  # set by build_tasks in the default matrix
+    if method.make_pruner is not None and entry is not None and not entry.pruners:
+        return "a pruning method, left out of this task's cells in the default matrix"
     return None
 
 
