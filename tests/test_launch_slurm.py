@@ -213,7 +213,11 @@ def test_preempted_worker_is_requeued_through_checkpoint(tmp_path, one_process, 
 
     url = f"journal://{tmp_path / 'journal.log'}"
     create(url, tmp_path)
-    (job,) = launch.launch("local", url, 1, tmp_path / "launch", time_min=1)  # submitit: a USR2 is then a time-out
+    # 9 minutes: under 10, submitit counts a USR2 as a time-out. Not 1: submitit's local controller
+    # kills its tasks (SIGINT, no requeue) when the limit passes, and on a loaded machine the worker's
+    # start-up, its first 8 trials and the requeued run's rest of the matrix outlast 60 s (the job
+    # then ended with the KeyboardInterrupt's traceback as its result: the flake CI saw once).
+    (job,) = launch.launch("local", url, 1, tmp_path / "launch", time_min=9)
     storage = st.open_storage(url)
     deadline = time.monotonic() + 600
     while len(done := [t for s in st.cell_studies(storage)
