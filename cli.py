@@ -81,7 +81,8 @@ def cli():
 @click.option("--workers", "n_workers", default=1, show_default=True, type=int,
               help="Worker processes per cell (needs a journal:/// or server storage; SQLite is single-process).")
 @click.option("--heartbeat", type=float, default=None,
-              help="Heartbeat seconds of running trials on PostgreSQL/MySQL (default 10; stale after 3x).")
+              help="Heartbeat seconds of running trials on PostgreSQL/MySQL and the gRPC proxy (default 10; "
+                   "stale after 3x).")
 @click.option("--simulate-workers", type=int, default=None, metavar="N",
               help="Simulate N asynchronous workers on a simulated clock, in one process (tasks with a time "
                    "model only; --time-budget is then in simulated seconds). See bench/simulate.py.")
@@ -204,7 +205,8 @@ def run(task_list, method_list, seeds, seed_start, profile, out, storage, budget
 @click.option("--profile", "-p", "profile_list", default=None, help="Matrix worker: only the cells of these profiles.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Folder for task checkpoints (default: none; single-loop tasks keep state there).")
-@click.option("--heartbeat", type=float, default=None, help="Heartbeat seconds on PostgreSQL/MySQL (default 10).")
+@click.option("--heartbeat", type=float, default=None, help="Heartbeat seconds on PostgreSQL/MySQL and the gRPC proxy (default 10; "
+                                                                    "stale after 3x).")
 @click.option("--no-final", is_flag=True, help="Leave the final protocol to the process that started the run.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def worker(storage, study_name, task_list, method_list, profile_list, workdir, heartbeat, no_final, no_progress):

@@ -13,6 +13,7 @@ file backend, or ``grpc://HOST:PORT`` for Optuna's ``GrpcStorageProxy`` in front
 
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -297,13 +298,13 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
 
     ``grpc://HOST:PORT``: Optuna's ``GrpcStorageProxy``, after waiting up to ``GRPC_WAIT_S``
     seconds for the proxy (no proxy there: one clear error before any work). Optuna's proxy
-    carries no heartbeats (``GrpcStorageProxy`` is no heartbeat storage), so through it a
-    cut-off trial is found as on a journal file: by the next worker on the host whose process
-    is gone (bench/workers.py).
+    has no heartbeat call, so its client gets the same heartbeats as a trial system
+    attribute (:class:`workers.HeartbeatProxy`): a trial cut off on any machine is failed
+    and retried by the next worker anywhere, as on PostgreSQL.
     """
     check_url(url)
     if url.startswith("grpc://"):
-        return _grpc_client(url)
+        return _grpc_client(url, heartbeat)
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -317,11 +318,9 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
                 raise DiffhpoError(f"storage {shown(url)!r}: folder {str(path.parent)!r} is missing or not writable")
         kwargs: dict = {}
         if not url.startswith("sqlite"):
-            interval = max(1, int(round(heartbeat or DEFAULT_HEARTBEAT_S)))
-            kwargs = dict(
-                heartbeat_interval=interval, grace_period=3 * interval,
-                failed_trial_callback=workers.retry,
-            )
+            interval = heartbeat_interval(heartbeat)
+            kwargs = dict(heartbeat_interval=interval, grace_period=3 * interval)
+            kwargs[_STALE_CALLBACK] = workers.retry
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except DiffhpoError:
         raise
@@ -334,16 +333,28 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
         ) from None
 
 
-def _grpc_client(url: str) -> BaseStorage:
+# RDBStorage's argument for the stale-trial callback: Optuna 4.9 renamed it (the old name warns)
+_STALE_CALLBACK = ("heartbeat_stale_trial_callback"
+                   if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                   else "failed_trial_callback")
+
+
+def heartbeat_interval(heartbeat: float | None) -> int:
+    """Whole seconds between a running trial's heartbeats (``--heartbeat``, default 10); a
+    trial silent for three of them is stale."""
+    return max(1, int(round(heartbeat or DEFAULT_HEARTBEAT_S)))
+
+
+def _grpc_client(url: str, heartbeat: float | None = None) -> BaseStorage:
     host, port = grpc_address(url)
     try:
-        from optuna.storages import GrpcStorageProxy
-
         import grpc  # noqa: F401  (GrpcStorageProxy imports it lazily)
     except ImportError:
         raise DiffhpoError(f'storage {shown(url)!r} needs the grpcio and protobuf packages: pip install -e ".[grpc]"') \
             from None
-    proxy = GrpcStorageProxy(host=host, port=port)
+    interval = heartbeat_interval(heartbeat)
+    proxy = workers.HeartbeatProxy(host=host, port=port, heartbeat_interval=interval, grace_period=3 * interval,
+                                   failed_trial_callback=workers.retry)
     try:
         proxy.wait_server_ready(timeout=GRPC_WAIT_S)
     except ConnectionError:

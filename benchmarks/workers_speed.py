@@ -13,7 +13,7 @@ worker`` processes of submitit's local executor sharing a whole matrix) on Postg
 directly and through Optuna's gRPC proxy (``diffhpo storage-proxy``), at 1, 2, 4, 8 and 16
 workers. Trials sleep (``quadratic`` with ``--option sleep_s=S``, 1 s by default: the task
 that already sleeps, rather than a copy), so a couple of cores suffice. The matrix is
-``quadratic x random x 4 seeds`` (random: every cell takes many workers at once), with a
+``quadratic x random x 4 seeds`` (``--cells``; random: every cell takes many workers at once), with a
 budget per cell giving about ``--trials-per-worker`` trials per worker. Per run it reports
 the search's throughput (completed trials over first trial start to last trial end)
 against the ideal N/S, the same once every worker runs (trials started after the last
@@ -81,7 +81,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_worker: int) -> dict:
+def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_worker: int, seeds: int = 4) -> dict:
     """One matrix run on a fresh database; the row of the table."""
     import psycopg
 
@@ -90,7 +90,6 @@ def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_
         conn.execute(f"create database {db}")
     pg = admin.rsplit("/", 1)[0] + "/" + db
     server, url = None, pg
-    seeds = 4
     budget = max(1, math.ceil(per_worker * n_workers / seeds))
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -147,14 +146,14 @@ def main_matrix(args) -> None:
     if not admin:
         raise SystemExit("error: --matrix needs a PostgreSQL server: --postgres URL or DIFFHPO_TEST_POSTGRES_URL "
                          "(source .ci/postgres.sh && pg_start)")
-    print(f"quadratic x random x 4 seeds, trials sleep {args.sleep:g} s, about {args.trials_per_worker} trials "
+    print(f"quadratic x random x {args.cells} seeds, trials sleep {args.sleep:g} s, about {args.trials_per_worker} trials "
           f"per worker; {os.cpu_count()} CPU(s)\n")
     print("| storage | workers | trials | trials/s | ideal/s | throughput / ideal | once all workers run / ideal "
           "| peak DB connections | last trial end to exit (s) | final protocols (s) | workers busy (trials + finals) |")
     print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for proxy in (False, True):
         for n in args.workers:
-            r = measure_matrix(admin, n, proxy, args.sleep, args.trials_per_worker)
+            r = measure_matrix(admin, n, proxy, args.sleep, args.trials_per_worker, args.cells)
             print(f"| {'gRPC proxy' if proxy else 'PostgreSQL'} | {n} | {r['trials']} | {r['rate']:.2f} | "
                   f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} | {r['finals_s']:.0f} | {r['busy']:.2f} |",
                   flush=True)
@@ -167,6 +166,9 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4, 8, 16])
     parser.add_argument("--sleep", type=float, default=1.0, help="--matrix: seconds each trial sleeps")
     parser.add_argument("--trials-per-worker", type=int, default=10)
+    parser.add_argument("--cells", type=int, default=4,
+                        help="--matrix: cells (seeds of quadratic x random); more cells than workers shorten the tail "
+                             "where the last cells' final protocols run while the other workers have nothing left")
     parser.add_argument("--postgres", default=None, help="--matrix: a PostgreSQL URL whose server may create databases")
     args = parser.parse_args()
     if args.matrix:

@@ -81,7 +81,8 @@ def test_diffhpo_run_is_the_default_matrix_and_holds_the_surrogates(tmp_path, cu
     assert "curves.median: skipped (a pruning method, left out" in err
     cells = _stored(tmp_path / "all")
     assert cells["curves.random.smoke.seed0"]["config"]["budget"] == 2.0 and "curves.median.smoke.seed0" not in cells
-    for name in ("mnist-schedule-surrogate", "gmm-schedule-surrogate", "reward-mnist-surrogate"):  # shipped complete
+    for name in ("mnist-schedule-surrogate", "gmm-schedule-surrogate", "reward-mnist-surrogate",
+                 "reward-mnist-bold-surrogate"):  # shipped complete
         assert f"{name}.random.smoke.seed19" in cells and f"{name}.random.smoke.seed20" not in cells
     assert "default matrix" not in named
     assert _stored(tmp_path / "named")["curves.random.smoke.seed0"]["config"]["budget"] == CurvesTask.profiles["smoke"].budget

@@ -314,18 +314,22 @@ def test_the_shipped_mnist_table_matches_its_task():
     assert table.meta["complete"] and len(table.frame) == 200 and table.meta["plan"]["replicated"] == 8
 
 
-def test_the_shipped_reward_tables_match_their_task():
-    """The shipped reward-mnist tables (lambda and w, 246 evaluations each, issue 23) verify
-    against their checksums, the task's configuration and both spaces, and register the surrogate;
-    its modelled alignment is deterministic in (lambda, seed)."""
-    assert "reward-mnist-surrogate" in TASKS.names() and "reward-mnist-bold-surrogate" not in TASKS.names()
-    real = TASKS.get("reward-mnist")("quick")
+@pytest.mark.parametrize("surrogate, options, suffix", [
+    ("reward-mnist-surrogate", {}, ""),
+    ("reward-mnist-bold-surrogate", {"objective": "bold"}, ".objective-bold"),
+])
+def test_the_shipped_reward_tables_match_their_task(surrogate, options, suffix):
+    """The shipped reward-mnist tables of both objectives (lambda and w, 246 evaluations each,
+    issue 23) verify against their checksums, the task's configuration and both spaces, and
+    register the surrogate; its modelled alignment is deterministic in (lambda, seed)."""
+    assert surrogate in TASKS.names()
+    real = TASKS.get("reward-mnist")("quick", **options)
     for variant in ("default", "weighted-sum"):
-        table = rec.load_table(rec.TABLES_DIR / f"reward-mnist.quick.{variant}.csv.gz")
+        table = rec.load_table(rec.TABLES_DIR / f"reward-mnist.quick.{variant}{suffix}.csv.gz")
         rec.check_table_for(table, task="reward-mnist", profile="quick", version=rec.task_version(real),
                             variant=variant, space=real.search_space_for(variant))
         assert table.meta["complete"] and len(table.frame) == 246 and table.meta["plan"]["replicated"] == 41
-    sur = TASKS.get("reward-mnist-surrogate")("quick")
+    sur = TASKS.get(surrogate)("quick")
     a, b = sur.evaluate({"lam": 1.0}, 3), sur.evaluate({"lam": 1.0}, 3)
     assert a == b and a != sur.evaluate({"lam": 1.0}, 4)
 

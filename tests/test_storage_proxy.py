@@ -133,3 +133,52 @@ def test_matrix_workers_through_the_proxy_exact_budget_and_a_killed_trial_retrie
                 if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         assert not lost, summary.study_name
     storage.close()
+
+
+def test_a_trial_cut_off_on_another_machine_is_failed_by_its_heartbeat_and_retried(proxy, tmp_path, monkeypatch):
+    """Optuna's proxy has no heartbeat call; diffhpo's client keeps one as a trial system
+    attribute (workers.HeartbeatProxy). A worker killed on another node leaves no process
+    to look for: this test process plays a worker of another host (workers.HOST patched),
+    for which the killed worker's trial is not an orphan, and only the heartbeat, silent
+    for three intervals, fails it and enqueues its configuration again."""
+    from diffhpo.bench import workers
+
+    name = "quadratic.random.smoke.seed0"
+    create = subprocess.run([*DIFFHPO, "run", "--task", "quadratic", "--method", "random", "--profile", "smoke",
+                             "--seeds", "1", "--storage", proxy, "--out", str(tmp_path), "--option", "sleep_s=1",
+                             "--create-only"], capture_output=True, text=True, timeout=300)
+    assert create.returncode == 0, create.stderr[-2000:]
+    worker = [*DIFFHPO, "worker", "--storage", proxy, "--no-progress", "--method", "random", "--heartbeat", "2"]
+    victim = subprocess.Popen(worker, stderr=subprocess.DEVNULL)
+    storage = st.open_storage(proxy, heartbeat=2)  # stale after 6 s
+    assert optuna.storages._heartbeat.is_heartbeat_enabled(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    running, deadline = [], time.time() + 120
+    while not running and time.time() < deadline:
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                   if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and workers.HEARTBEAT_KEY in t.system_attrs]
+        time.sleep(0.05)
+    assert running, "the worker never started a trial with a heartbeat"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = running[0]
+    monkeypatch.setattr(workers, "HOST", "another-node")
+    workers.fail_orphans(study, exclusive=False)  # the process check sees only its own host's workers
+    optuna.storages.fail_stale_trials(study)  # the last heartbeat is about 2 s old or less
+    assert study._storage.get_trial(killed._trial_id).state == TrialState.RUNNING
+    deadline = time.time() + 30
+    while study._storage.get_trial(killed._trial_id).state == TrialState.RUNNING and time.time() < deadline:
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study._storage.get_trial(killed._trial_id).state == TrialState.FAIL
+    (copy,) = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
+    assert copy.state == TrialState.WAITING and copy.params == killed.params
+    assert workers.HEARTBEAT_KEY not in copy.system_attrs  # else stale the moment a worker takes it
+    monkeypatch.undo()
+    finisher = subprocess.run(worker, capture_output=True, text=True, timeout=300)
+    assert finisher.returncode == 0, finisher.stderr[-2000:]
+    trials = study.get_trials()
+    assert trials[copy.number].state == TrialState.COMPLETE and trials[copy.number].params == killed.params
+    assert sum(t.user_attrs["cost"] for t in trials if t.state == TrialState.COMPLETE) == 12  # exact budget
+    assert study.user_attrs["status"] == "done"
+    storage.close()

@@ -230,3 +230,49 @@ def test_run_survives_random_sigint_and_sigkill(tmp_path):
     con = sqlite3.connect(out / st.DEFAULT_DB)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_a_final_protocol_claim_silent_for_three_heartbeats_is_taken_over(tmp_path):
+    """A claim of another machine's worker (no process here to look for) is held while its
+    heartbeat is fresh or not yet written, taken over once silent for three intervals, and
+    beaten while held; a storage without heartbeats (a journal file) keeps it."""
+    from diffhpo.bench import workers
+
+    def claims(storage):
+        study = optuna.create_study(storage=storage, study_name="cell")
+        minimize = [optuna.study.StudyDirection.MINIMIZE]
+
+        def claim(beat):
+            sid = storage.create_new_study(minimize, workers.claim_name(study))
+            storage.set_study_user_attr(sid, workers.WORKER_KEY, "another-node:1")
+            if beat is not None:
+                storage.set_study_user_attr(sid, workers.CLAIM_HEARTBEAT, beat)
+            return sid
+
+        def mine():
+            with workers.claim_final(study) as ours:
+                return ours
+
+        return study, claim, mine
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'hb.sqlite3'}", heartbeat_interval=5, grace_period=15)
+    study, claim, mine = claims(storage)
+    for beat in (time.time(), None):  # alive elsewhere; claimed, first beat not yet written
+        sid = claim(beat)
+        assert not mine()
+        storage.delete_study(sid)
+    claim(time.time() - 100)  # silent for 20 intervals (wide margins: a loaded machine passes too)
+    with workers.claim_final(study) as ours:
+        assert ours
+        held = storage.get_study_id_from_name(workers.claim_name(study))
+        deadline = time.time() + 10
+        while workers.CLAIM_HEARTBEAT not in (attrs := storage.get_study_user_attrs(held)) and time.time() < deadline:
+            time.sleep(0.05)  # the first beat comes from the beating thread, just started
+        assert attrs[workers.WORKER_KEY] == workers.worker_id()
+        assert time.time() - attrs[workers.CLAIM_HEARTBEAT] < 15  # the new owner beats at once
+    with pytest.raises(KeyError):
+        storage.get_study_id_from_name(workers.claim_name(study))  # released
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
+    _, claim, mine = claims(journal)
+    claim(time.time() - 100)
+    assert not mine()
