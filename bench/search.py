@@ -206,7 +206,7 @@ def _release(study: optuna.Study, trial: optuna.Trial, reason: str, copy: bool) 
     frozen = study._storage.get_trial(trial._trial_id)
     study.tell(trial, state=TrialState.FAIL)
     if copy:  # the copy keeps the released trial's configuration slot
-        system = {k: v for k, v in frozen.system_attrs.items() if k not in ("fixed_params", workers.HEARTBEAT_KEY)}
+        system = {k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"}
         system.setdefault(workers.RETRY_OF, frozen.number)
         study.add_trial(optuna.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,

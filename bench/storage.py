@@ -319,7 +319,7 @@ def open_storage(url: str, *, heartbeat: float | None = None) -> BaseStorage:
         kwargs: dict = {}
         if not url.startswith("sqlite"):
             interval = heartbeat_interval(heartbeat)
-            kwargs = dict(heartbeat_interval=interval, grace_period=3 * interval)
+            kwargs = dict(heartbeat_interval=interval, grace_period=workers.STALE_AFTER_BEATS * interval)
             kwargs[_STALE_CALLBACK] = workers.retry
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
     except DiffhpoError:
@@ -353,8 +353,8 @@ def _grpc_client(url: str, heartbeat: float | None = None) -> BaseStorage:
         raise DiffhpoError(f'storage {shown(url)!r} needs the grpcio and protobuf packages: pip install -e ".[grpc]"') \
             from None
     interval = heartbeat_interval(heartbeat)
-    proxy = workers.HeartbeatProxy(host=host, port=port, heartbeat_interval=interval, grace_period=3 * interval,
-                                   failed_trial_callback=workers.retry)
+    proxy = workers.HeartbeatProxy(host=host, port=port, heartbeat_interval=interval,
+                                   grace_period=workers.STALE_AFTER_BEATS * interval, failed_trial_callback=workers.retry)
     try:
         proxy.wait_server_ready(timeout=GRPC_WAIT_S)
     except ConnectionError:

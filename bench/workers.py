@@ -79,6 +79,7 @@ def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
 RETRY_OF = "failed_trial"  # Optuna's convention (RetryHeartbeatStaleTrialCallback.retried_trial_number)
 ASKED = "diffhpo:asked"  # system attribute: every parameter of the trial is stored (its ask completed)
 HEARTBEAT_KEY = "diffhpo:heartbeat"  # system attribute: the last heartbeat (Unix seconds) through the gRPC proxy
+STALE_AFTER_BEATS = 3  # a trial or final-protocol claim silent for this many heartbeat intervals is stale
 PRUNER_KEYS = ("completed_rung_",)  # a pruner's record of the original's progress, not the copy's
 NOT_COPIED = (*PRUNER_KEYS, HEARTBEAT_KEY)  # the original's, not its retry's: a copy with the original's last
 # heartbeat would be stale from the moment a worker took it, before its own first heartbeat
@@ -305,7 +306,7 @@ def _stale(storage, attrs: dict) -> bool:
         return True
     beat = attrs.get(CLAIM_HEARTBEAT)
     return (beat is not None and is_heartbeat_enabled(storage)
-            and time.time() - float(beat) > 3 * storage.get_heartbeat_interval())
+            and time.time() - float(beat) > STALE_AFTER_BEATS * storage.get_heartbeat_interval())
 
 
 @contextmanager
