@@ -624,17 +624,24 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
     """`diffhpo worker` without ``--study``: work on the matrix stored at ``url`` (its cells
     among ``tasks``, ``methods`` and ``profiles`` where given) until no cell is left for it.
 
-    The worker takes one cell (:func:`next_cell`), searches it with :func:`_join_cell` until
-    its budget is spent and no trial runs, runs its final protocol when it wins the claim
-    (:func:`workers.claim_final`; with ``final`` False it leaves it), then takes the next.
-    Each cell is searched exactly as by ``diffhpo worker --study`` (same budget accounting,
-    heartbeats, retries by slot), so the guarantees hold across cells. A worker visits a
-    cell once: whatever it found there (done, searched with the final protocol claimed by
-    another process, failed), it does not come back, so a failed cell or a final protocol
-    held by a process on another host never keeps it looping. It returns once every
-    matching cell is done or visited, and waits (looking again each ``WAIT_S``) while the
-    only unfinished cells are full (every slot of their budget taken by running trials of
-    other workers); while waiting it fails and retries their cut-off trials (:func:`_sweep`).
+    The worker takes one cell (:func:`next_cell`) and searches it with :func:`_join_cell`.
+    It leaves the cell as soon as the cell has no room for a trial of its own while other
+    workers' trials run there (the cell's budget is taken, though not yet spent): waiting
+    there would idle it for up to one trial, at the end of every cell, while other cells
+    have room (measured: README, "How many workers each option held"). The worker whose
+    trial ends last finds the search over and nothing running, and runs the final protocol
+    when it wins the claim (:func:`workers.claim_final`; with ``final`` False it leaves it).
+    A cell left full is not visited: :func:`next_cell` offers it again only once it has
+    room (a running trial was cut off and its copy waits), and not within ``WAIT_S`` of
+    leaving it. Each cell is searched exactly as by ``diffhpo worker --study`` (same budget
+    accounting, heartbeats, retries by slot), so the guarantees hold across cells. Once a
+    worker's search of a cell is over, whatever it found there (done, searched with the
+    final protocol claimed by another process, failed), it does not come back, so a failed
+    cell or a final protocol held by a process on another host never keeps it looping. It
+    returns once every matching cell is done or visited, and waits (looking again each
+    ``WAIT_S``) while the only unfinished cells are full; while waiting it fails and
+    retries their cut-off trials (:func:`_sweep`). Tasks are built once per worker and
+    reused across its cells.
 
     A matching set with no cell at all is refused before any work (one ``error:`` line)."""
     with st.storage_errors(url), st.opened(url, heartbeat=heartbeat, existing=True) as storage:
@@ -646,21 +653,30 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
                                + "; create them with `diffhpo run --storage URL ... --create-only`")
         visited: set[str] = set()
         outcomes: list[CellOutcome] = []
+        built: dict = {}
+        left_at: dict[str, float] = {}  # cells this worker left full, and when
         while True:
-            name, left = next_cell(storage, visited, **filters)
+            now = time.monotonic()
+            resting = {n for n, t in left_at.items() if now - t < WAIT_S}
+            name, left = next_cell(storage, visited | resting, **filters)
             if name is None:
-                if not left:
+                if not left and not resting:
                     return outcomes
                 _sweep(storage, visited, filters)
                 time.sleep(WAIT_S)  # every unfinished cell is full: its last trials run elsewhere
                 continue
+            outcome = _join_cell(storage, url, name, final=final, progress=progress, workdir=workdir,
+                                 leave_full=True, tasks=built)
+            if outcome.status == LEFT:  # not visited: offered again once it has room (a trial cut off)
+                left_at[name] = time.monotonic()
+                continue
             visited.add(name)
-            outcome = _join_cell(storage, url, name, final=final, progress=progress, workdir=workdir)
             log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
             outcomes.append(outcome)
 
 
 WAIT_S = 1.0  # a matrix worker with no open cell looks again after this long
+LEFT = "left"  # a matrix worker's outcome of a cell whose budget other workers' running trials hold
 
 
 def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any]) -> None:
@@ -723,7 +739,12 @@ def next_cell(storage: BaseStorage, visited: set[str] = frozenset(), **filters) 
 
 
 def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, progress: bool,
-               workdir: Path | None) -> CellOutcome:
+               workdir: Path | None, leave_full: bool = False, tasks: dict | None = None) -> CellOutcome:
+    """Search one stored cell (:func:`~diffhpo.bench.search.search`), then run its final
+    protocol where this process wins the claim. ``leave_full``: return ``left`` as soon as
+    the cell has no room while other workers' trials run in it. ``tasks``: the tasks this
+    worker built, by (name, profile, options), reused across its cells as one process's
+    matrix reuses them."""
     try:
         summary = next(s for s in storage.get_all_studies() if s.study_name == study_name)
     except StopIteration:
@@ -738,16 +759,23 @@ def _join_cell(storage: BaseStorage, url: str, study_name: str, *, final: bool, 
     if a.get("simulated_workers") is not None:
         raise DiffhpoError(f"study {study_name!r} runs on simulated workers in one process; resume it with `diffhpo run`")
     check_folders({"--workdir": workdir} if workdir is not None else {})
-    task = TASKS.get(a["task"])(a["profile"], **a["config"])
-    task.check_ready()
+    key = json.dumps([a["task"], a["profile"], a["config"]], sort_keys=True, default=str)
+    task = (tasks or {}).get(key)
+    if task is None:
+        task = TASKS.get(a["task"])(a["profile"], **a["config"])
+        task.check_ready()
+        if tasks is not None:
+            tasks[key] = task
     cell = prepare_cell(storage, task, a["method"], METHODS.get(a["method"]), int(a["seed"]),
                         budget=a["budget"], time_budget=a.get("time_budget"),
                         method_options=a.get("method_options", {}), workdir=workdir)
     with workers.sqlite_lock(url):
         try:
-            led = search(cell, exclusive=url.startswith("sqlite"), progress=progress)
+            led = search(cell, exclusive=url.startswith("sqlite"), progress=progress, leave_full=leave_full)
         except EnvironmentStop as stop:
             return _stopped(cell, stop)
+    if led.n_running:  # left: the last of the other workers' trials finishes the cell
+        return CellOutcome(study_name, LEFT, led.spent, len(cell.study.trials))
     if final and cell.study.user_attrs.get("status") != "done":
         return finish_cell(cell, led)
     return CellOutcome(study_name, "searched", led.spent, len(cell.study.trials))
@@ -757,12 +785,15 @@ def _final_protocol(cell: Cell) -> None:
     """Re-evaluate the method's choice under the task's final protocol, ``task.final_repeats``
     times on independent lower-level seeds (:func:`~diffhpo.bench.contracts.seeds.final_seeds`): the
     stored ``final_metrics`` are the means, ``final_metrics_std`` the spreads (sample std).
-    Each finished repeat is stored at once, so an interrupted final protocol resumes."""
+    Each finished repeat is stored at once, so an interrupted final protocol resumes.
+    ``final_worker`` records the process that ran it (host:pid, device) and its start and end
+    (Unix seconds; a resumed final protocol: this process's part)."""
     study, task, method, seed = cell.study, cell.task, cell.method, cell.seed
     params = method.choose(study) if method.choose is not None else dict(study.best_trial.params)
     params = {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in params.items()}
     seeds = final_seeds(seed, task.final_repeats)
     partial = study.user_attrs.get("final_partial") or {}
+    started = time.time()
     runs = list(partial.get("runs", [])) if partial.get("params") == params else []
     measured = list(partial.get("measures", [])) if runs else []
     for s in seeds[len(runs):]:
@@ -782,6 +813,8 @@ def _final_protocol(cell: Cell) -> None:
     study.set_user_attr("final_seed", seeds[0])
     study.set_user_attr("final_seeds", seeds)
     study.set_user_attr("final_measure", _combined(measured))
+    study.set_user_attr("final_worker", {"worker": workers.worker_id(), "device": workers.device(),
+                                         "start": started, "end": time.time()})
     study.set_user_attr("status", "done")
 
 

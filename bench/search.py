@@ -133,8 +133,15 @@ def _full(cell: Cell, led: Ledger) -> bool:
     )
 
 
-def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
-    """Ask, admit, evaluate and tell until the cell's budget is spent and nothing runs."""
+def search(cell: Cell, *, exclusive: bool, progress: bool = True, leave_full: bool = False) -> Ledger:
+    """Ask, admit, evaluate and tell until the cell's budget is spent and nothing runs.
+
+    With ``leave_full`` (a matrix worker, :func:`~diffhpo.bench.runner.join_matrix`) it
+    returns as soon as the cell has no room for a trial of its own while trials of other
+    workers still run in it (budget taken, or spent with trials still running): it would only
+    wait for them, and the last of them finishes the cell. The returned ledger tells the two
+    returns apart: trials still running (``n_running``) only when the worker left. Without
+    it the worker waits, and every worker of a cell returns once its search is over."""
     study = cell.study
     workers.fail_orphans(study, exclusive=exclusive)
     led = ledger(study.get_trials(deepcopy=False))
@@ -160,8 +167,12 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True) -> Ledger:
                 if led.n_running == 0:
                     workers.fail_waiting(study, "released: the search ended before this retry ran")
                     return led
+                if leave_full:
+                    return led
                 time.sleep(POLL_S)
                 continue
+            if leave_full and led.n_running and _full(cell, led):
+                return led
             ready = getattr(cell.sampler, "ready", None)
             if _full(cell, led) or (ready is not None and not ready(study)):
                 time.sleep(POLL_S)

@@ -202,7 +202,7 @@ def fail_orphans(study: optuna.Study, *, exclusive: bool) -> int:
             fail_and_retry(study, t, "interrupted: left running by an earlier run")
         else:
             continue
-            n += 1
+        n += 1
     return n
 
 

@@ -24,7 +24,9 @@ the command's exit (final protocols and the processes gone; ``--no-report``), th
 protocols' seconds (a cell's final protocol occupies its worker, so the search-only ratios
 above cannot reach 1 while other cells search), and **workers busy**: the seconds of trials
 and final protocols over N times the span from the first trial's start to the command's exit,
-the whole matrix's efficiency (1 would be no start-up, no idle wait and no shutdown).
+the whole matrix's efficiency (1 would be no start-up, no idle wait and no shutdown), and
+**where the rest was lost** (:func:`_where_lost`): before each worker's first trial, in short
+gaps between its trials and final protocols, in longer waits, and after its last one.
 
     source .ci/postgres.sh && pg_start     # or any server: --postgres postgresql://user@host/db
     python benchmarks/workers_speed.py --matrix [--workers 1,2,4,8,16] [--sleep 1]
@@ -132,13 +134,44 @@ def measure_matrix(admin: str, n_workers: int, proxy: bool, sleep_s: float, per_
         busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) + finals_s
         return dict(trials=len(done), rate=rate, steady=steady, ideal=n_workers / sleep_s, connections=peak[0],
                     tail_s=(end - last).total_seconds(), finals_s=finals_s,
-                    busy=busy / (n_workers * (end - first).total_seconds()))
+                    busy=busy / (n_workers * (end - first).total_seconds()),
+                    lost=_where_lost(done, studies, n_workers, first, end, sleep_s))
     finally:
         if server is not None:
             server.terminate()
             server.wait()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"drop database {db} with (force)")
+
+
+def _where_lost(done, studies, n_workers: int, first, end, sleep_s: float) -> dict[str, float]:
+    """Where the workers' time went, as shares of N times the span from the first trial's
+    start to the command's exit: each worker's timeline is its trials (``worker`` user
+    attribute) and the final protocols it ran (the cell's ``final_worker``); ``start`` is
+    the time before its first activity, ``end`` after its last one, ``gaps`` between two
+    activities shorter than half a trial (asking, admitting, the storage's round trips),
+    ``waits`` the longer ones (no room in its cell, or no open cell)."""
+    t0, t_end = first.timestamp(), end.timestamp()
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for t in done:
+        spans.setdefault(t.user_attrs["worker"], []).append((t.datetime_start.timestamp(), t.datetime_complete.timestamp()))
+    for s in studies:
+        fw = s.user_attrs.get("final_worker")
+        if fw:
+            spans.setdefault(fw["worker"], []).append((fw["start"], fw["end"]))
+    total = n_workers * (t_end - t0)
+    lost = dict(start=0.0, gaps=0.0, waits=0.0, end=0.0)
+    for items in spans.values():
+        items.sort()
+        lost["start"] += items[0][0] - t0
+        lost["end"] += t_end - max(e for _, e in items)
+        reach = items[0][1]
+        for a, b in items[1:]:
+            gap = max(0.0, a - reach)
+            lost["gaps" if gap < sleep_s / 2 else "waits"] += gap
+            reach = max(reach, b)
+    lost["start"] += (n_workers - len(spans)) * (t_end - t0)  # a worker that never ran a trial
+    return {k: v / total for k, v in lost.items()}
 
 
 def main_matrix(args) -> None:
@@ -149,13 +182,15 @@ def main_matrix(args) -> None:
     print(f"quadratic x random x {args.cells} seeds, trials sleep {args.sleep:g} s, about {args.trials_per_worker} trials "
           f"per worker; {os.cpu_count()} CPU(s)\n")
     print("| storage | workers | trials | trials/s | ideal/s | throughput / ideal | once all workers run / ideal "
-          "| peak DB connections | last trial end to exit (s) | final protocols (s) | workers busy (trials + finals) |")
-    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+          "| peak DB connections | last trial end to exit (s) | final protocols (s) | workers busy (trials + finals) "
+          "| lost: start | lost: gaps | lost: waits | lost: end |")
+    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for proxy in (False, True):
         for n in args.workers:
             r = measure_matrix(admin, n, proxy, args.sleep, args.trials_per_worker, args.cells)
             print(f"| {'gRPC proxy' if proxy else 'PostgreSQL'} | {n} | {r['trials']} | {r['rate']:.2f} | "
-                  f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} | {r['finals_s']:.0f} | {r['busy']:.2f} |",
+                  f"{r['ideal']:.2f} | {r['rate'] / r['ideal']:.2f} | {r['steady'] / r['ideal']:.2f} | {r['connections']} | {r['tail_s']:.1f} | {r['finals_s']:.0f} | {r['busy']:.2f} | "
+                  + " | ".join(f"{r['lost'][k]:.3f}" for k in ("start", "gaps", "waits", "end")) + " |",
                   flush=True)
 
 

@@ -186,6 +186,49 @@ def test_waiting_workers_retry_a_cut_off_last_trial(tmp_path):
     assert trials[1].system_attrs["failed_trial"] == 0
 
 
+def test_a_matrix_worker_leaves_a_full_cell_for_one_with_room(tmp_path):
+    """A cell whose budget is taken by another worker's running trial has no room: the matrix
+    worker serves the next cell meanwhile instead of waiting in it, and comes back to run
+    the final protocol once that trial has ended. Waiting in it, the worker would finish
+    nothing while the foreign trial runs."""
+    import threading
+    import time
+
+    from diffhpo.bench import workers
+    from diffhpo.bench.runner import join_matrix
+
+    url = f"journal://{tmp_path / 'journal.log'}"
+    run_matrix(RunSpec(out=tmp_path, storage=url, create_only=True, budget=3, tasks=["quadratic"], methods=["random"],
+                       seeds=[0, 1], profile="smoke", progress=False), log=lambda s: None)
+    storage = st.open_storage(url)
+    s0 = optuna.load_study(study_name="quadratic.random.smoke.seed0", storage=storage)
+    s1 = optuna.load_study(study_name="quadratic.random.smoke.seed1", storage=storage)
+    foreign = s0.ask()  # another worker's trial, alive (this process), holding one of seed0's 3 slots
+    storage.set_trial_user_attr(foreign._trial_id, workers.WORKER_KEY, workers.worker_id())
+    s1.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={"cost": 1.0, "fail_reason": "ValueError: x"}))
+    assert next_cell(storage)[0] == "quadratic.random.smoke.seed0"  # both have 2 left: seed0 by name
+    log: list[str] = []
+    worker = threading.Thread(target=lambda: log.extend(o.study_name + ": " + o.status for o in join_matrix(
+        url, progress=False, log=lambda line: None)), daemon=True)
+    worker.start()
+    status = lambda name: st.open_storage(url).get_study_user_attrs(  # noqa: E731
+        st.open_storage(url).get_study_id_from_name(name)).get("status")
+    deadline = time.monotonic() + 120
+    while status("quadratic.random.smoke.seed1") != "done" and time.monotonic() < deadline and worker.is_alive():
+        time.sleep(0.2)
+    assert status("quadratic.random.smoke.seed1") == "done"  # served while seed0's last slot was held
+    assert status("quadratic.random.smoke.seed0") != "done" and worker.is_alive()
+    assert len(completed(url, "quadratic.random.smoke.seed0")) == 2  # its two free slots, then it left
+    storage.set_trial_user_attr(foreign._trial_id, "cost", 1.0)
+    storage.set_trial_user_attr(foreign._trial_id, "fail_reason", "ValueError: x")
+    s0.tell(foreign, state=TrialState.FAIL)  # the foreign trial ends (counted): seed0's search is over
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert log == ["quadratic.random.smoke.seed1: done", "quadratic.random.smoke.seed0: done"]
+    assert len(completed(url, "quadratic.random.smoke.seed0")) == 2
+    assert status("quadratic.random.smoke.seed0") == "done"
+
+
 # -- launchers (submitit) ------------------------------------------------------------------------
 
 def test_local_launcher_runs_the_matrix_like_one_process(tmp_path, one_process):
