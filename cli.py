@@ -216,8 +216,9 @@ def worker(storage, study_name, task_list, method_list, profile_list, workdir, h
     (create them with `diffhpo run --storage URL ... [--create-only]`). With --study the
     worker serves that cell; without it, it is a matrix worker: it takes an unfinished cell
     (sequential bilevel cells first, then the one with the most remaining budget), stays on
-    it until its budget is spent, runs its final protocol unless another process does, and
-    takes the next; it exits 0 once no unfinished cell is left. Trials are never counted
+    it until its budget is taken (spent, or held by other workers' running trials), and
+    takes the next; the worker whose trial ends a cell's search runs its final protocol
+    unless another process does. It exits 0 once no unfinished cell is left. Trials are never counted
     twice and the budget is never exceeded beyond the trials already running.
     """
     import math
