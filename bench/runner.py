@@ -656,6 +656,8 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
         built: dict = {}
         left_at: dict[str, float] = {}  # cells this worker left full, and when
         while True:
+            if left_at:
+                _sweep(storage, visited, filters, only=left_at)
             now = time.monotonic()
             resting = {n for n, t in left_at.items() if now - t < WAIT_S}
             name, left = next_cell(storage, visited | resting, **filters)
@@ -679,13 +681,18 @@ WAIT_S = 1.0  # a matrix worker with no open cell looks again after this long
 LEFT = "left"  # a matrix worker's outcome of a cell whose budget other workers' running trials hold
 
 
-def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any]) -> None:
-    """Fail (and retry) the cut-off trials of the unfinished cells, as a worker searching them
-    would: stale heartbeats, processes of this host that are gone
-    (:func:`workers.fail_orphans`). A cell whose last trials were cut off has no room and
-    no worker, so without this sweep the waiting matrix workers would wait for it forever."""
+def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any],
+           only: Mapping[str, Any] | None = None) -> None:
+    """Fail (and retry) the cut-off trials of the unfinished cells (among ``only`` where
+    given), as a worker searching them would: stale heartbeats, processes of this host that
+    are gone (:func:`workers.fail_orphans`). A cell whose last trials were cut off has no
+    room and no worker, so without this sweep the matrix workers would wait for it forever;
+    a worker also sweeps the cells it left full each time it comes back from a cell, so that
+    such a trial is retried while other cells still run, not only at the matrix's end."""
     for summary in st.cell_studies(storage, **filters):
         if summary.study_name in visited or summary.user_attrs.get("status") == "done":
+            continue
+        if only is not None and summary.study_name not in only:
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage,
                                   sampler=optuna.samplers.RandomSampler())
