@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 import optuna
@@ -656,8 +656,6 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
         built: dict = {}
         left_at: dict[str, float] = {}  # cells this worker left full, and when
         while True:
-            if left_at:
-                _sweep(storage, visited, filters, only=left_at)
             now = time.monotonic()
             resting = {n for n, t in left_at.items() if now - t < WAIT_S}
             name, left = next_cell(storage, visited | resting, **filters)
@@ -671,10 +669,12 @@ def join_matrix(url: str, *, tasks: list[str] | None = None, methods: list[str] 
                                  leave_full=True, tasks=built)
             if outcome.status == LEFT:  # not visited: offered again once it has room (a trial cut off)
                 left_at[name] = time.monotonic()
-                continue
-            visited.add(name)
-            log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
-            outcomes.append(outcome)
+            else:
+                visited.add(name)
+                log(f"{outcome.study_name}: {outcome.status} ({outcome.n_trials} trials, cost {outcome.spent:g})")
+                outcomes.append(outcome)
+            if left_at:  # back from a cell: sweep the cells it left, which no worker may be in
+                _sweep(storage, visited, filters, only=left_at)
 
 
 WAIT_S = 1.0  # a matrix worker with no open cell looks again after this long
@@ -682,7 +682,7 @@ LEFT = "left"  # a matrix worker's outcome of a cell whose budget other workers'
 
 
 def _sweep(storage: BaseStorage, visited: set[str], filters: Mapping[str, Any],
-           only: Mapping[str, Any] | None = None) -> None:
+           only: Collection[str] | None = None) -> None:
     """Fail (and retry) the cut-off trials of the unfinished cells (among ``only`` where
     given), as a worker searching them would: stale heartbeats, processes of this host that
     are gone (:func:`workers.fail_orphans`). A cell whose last trials were cut off has no

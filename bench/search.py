@@ -163,16 +163,14 @@ def search(cell: Cell, *, exclusive: bool, progress: bool = True, leave_full: bo
             bar.update(now - shown)
             shown = now
             _postfix(bar, study)
+            if leave_full and led.n_running and (search_over(cell, led) or _full(cell, led)):
+                return led
             if search_over(cell, led):
                 if led.n_running == 0:
                     workers.fail_waiting(study, "released: the search ended before this retry ran")
                     return led
-                if leave_full:
-                    return led
                 time.sleep(POLL_S)
                 continue
-            if leave_full and led.n_running and _full(cell, led):
-                return led
             ready = getattr(cell.sampler, "ready", None)
             if _full(cell, led) or (ready is not None and not ready(study)):
                 time.sleep(POLL_S)
