@@ -118,7 +118,12 @@ def test_timed_out_worker_is_requeued_by_slurm_and_continues(tmp_path, one_proce
     under 10 minutes submitit counts any USR2 as a time-out) makes the worker checkpoint:
     submitit requeues the job with `scontrol requeue`, and the requeued job joins the matrix
     again. Slurm holds a requeued job for its requeue delay (about 2 minutes); the test
-    releases it at once with `scontrol update StartTime=now`."""
+    releases it early with `scontrol update StartTime=now`, but not within the second of the
+    requeue: slurmd revokes the job's credential when it kills the first run, at 1 s
+    resolution, and refuses a credential issued in that same second (slurmctld: "Killing
+    non-startable batch JobId=...: Job credential revoked"; slurmd: "Job ... already killed, do
+    not launch batch job"), so a release at once made the job FAIL without running again, in
+    1 of 4 runs here. Slurm's own requeue delay never meets this."""
     url = f"journal://{tmp_path / 'journal.log'}"
     run = subprocess.Popen(run_args(url, tmp_path, "--launcher", "slurm", "--workers", "2", "--time", "9",
                                     sleep_s=0.3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -138,13 +143,14 @@ def test_timed_out_worker_is_requeued_by_slurm_and_continues(tmp_path, one_proce
                                               text=True).stdout:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        time.sleep(2)  # past the second in which slurmd revoked the job's credential (docstring)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
         _, err = run.communicate(timeout=900)
     finally:
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, err[-3000:]
-    assert log.read_text().count("Starting with JobEnvironment") == 2  # the same job ran again
+    assert log.read_text().count("Starting with JobEnvironment") == 2, err[-3000:]  # the same job ran again
     check_matrix(url, one_process, worker_logs(tmp_path))
     assert trials_by_cell(url) == one_trials
 
